@@ -1,0 +1,201 @@
+/* config: declarative settings table, environment + flags; see config.h. */
+#include "config.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+enum stype { S_STR, S_INT, S_LEVEL };
+
+typedef struct setting {
+    const char *env;
+    const char *flag;
+    enum stype type;
+    size_t offset;
+    const char *def; /* NULL: unset */
+    int min, max;    /* S_INT bounds */
+    const char *help;
+} setting;
+
+#define OFF(f) offsetof(mw_config, f)
+
+static const setting settings[] = {
+    {"KAFKA_BROKERS", "--kafka-brokers", S_STR, OFF(kafka_brokers), "localhost:9092", 0, 0,
+     "Kafka bootstrap servers, host:port[,host:port…]"},
+    {"KAFKA_GROUP_ID", "--kafka-group-id", S_STR, OFF(group_id), "customer-metadata-ingest", 0, 0,
+     "consumer group"},
+    {"KAFKA_INPUT_TOPIC", "--kafka-input-topic", S_STR, OFF(input_topic),
+     "customer-metadata.batches", 0, 0, "topic of batch messages"},
+    {"KAFKA_RESULTS_TOPIC", "--kafka-results-topic", S_STR, OFF(results_topic),
+     "customer-metadata.results", 0, 0, "topic of per-item results"},
+    {"KAFKA_DLQ_TOPIC", "--kafka-dlq-topic", S_STR, OFF(dlq_topic), "customer-metadata.dlq", 0, 0,
+     "dead-letter topic for messages that are not a batch"},
+    {"DATABASE_URL", "--database-url", S_STR, OFF(database_url), NULL, 0, 0,
+     "libpq conninfo or URI (unset: libpq's PG* variables)"},
+    {"METRICS_ADDR", "--metrics-addr", S_STR, OFF(metrics_addr), NULL, 0, 0,
+     "host:port of /metrics, /healthz, /readyz (unset: off)"},
+    {"LOG_LEVEL", "--log-level", S_LEVEL, OFF(log_level), "info", 0, 0,
+     "debug, info, warn or error"},
+    {"MAX_BATCH_ITEMS", "--max-batch-items", S_INT, OFF(max_batch_items), "10000", 1, 1000000,
+     "most items one message may hold"},
+    {"TXN_MAX_ITEMS", "--txn-max-items", S_INT, OFF(txn_max_items), "5000", 1, 1000000,
+     "items gathered into one database transaction"},
+    {"TXN_MAX_WAIT_MS", "--txn-max-wait-ms", S_INT, OFF(txn_max_wait_ms), "50", 0, 60000,
+     "longest wait for a transaction to fill"},
+    {"SHUTDOWN_TIMEOUT_MS", "--shutdown-timeout-ms", S_INT, OFF(shutdown_timeout_ms), "20000", 0,
+     3600000, "on SIGTERM, longest time spent finishing the batch in hand"},
+    {"RETRY_MAX_MS", "--retry-max-ms", S_INT, OFF(retry_max_ms), "5000", 10, 600000,
+     "cap of the retry backoff while PostgreSQL or Kafka is unavailable"},
+};
+
+#define N_SETTINGS (sizeof settings / sizeof settings[0])
+
+static int set_value(mw_config *c, const setting *s, const char *v, const char *from,
+                     char *errstr, size_t errstr_size) {
+    char *base = (char *)c;
+    switch (s->type) {
+    case S_STR: {
+        char **dst = (char **)(base + s->offset);
+        if (*v == '\0') {
+            snprintf(errstr, errstr_size, "%s (%s): must not be empty", s->env, from);
+            return CONFIG_ERR;
+        }
+        char *dup = strdup(v);
+        if (!dup) {
+            snprintf(errstr, errstr_size, "out of memory");
+            return CONFIG_ERR;
+        }
+        free(*dst);
+        *dst = dup;
+        return CONFIG_OK;
+    }
+    case S_INT: {
+        char *end;
+        errno = 0;
+        long x = strtol(v, &end, 10);
+        if (errno || end == v || *end || x < s->min || x > s->max) {
+            snprintf(errstr, errstr_size, "%s (%s): expected a whole number from %d to %d, got \"%s\"",
+                     s->env, from, s->min, s->max, v);
+            return CONFIG_ERR;
+        }
+        *(int *)(base + s->offset) = (int)x;
+        return CONFIG_OK;
+    }
+    case S_LEVEL: {
+        int l = log_level_parse(v);
+        if (l < 0) {
+            snprintf(errstr, errstr_size, "%s (%s): expected debug, info, warn or error, got \"%s\"",
+                     s->env, from, v);
+            return CONFIG_ERR;
+        }
+        *(int *)(base + s->offset) = l;
+        return CONFIG_OK;
+    }
+    }
+    return CONFIG_ERR;
+}
+
+static int add_prop(mw_config *c, const char *nv, char *errstr, size_t errstr_size) {
+    const char *eq = strchr(nv, '=');
+    if (!eq || eq == nv) {
+        /* The argument itself is not echoed: it may be a secret. */
+        snprintf(errstr, errstr_size, "-X: expected name=value");
+        return CONFIG_ERR;
+    }
+    char **nn = realloc(c->prop_names, (size_t)(c->n_props + 1) * sizeof *nn);
+    if (!nn) goto oom;
+    c->prop_names = nn;
+    char **vv = realloc(c->prop_values, (size_t)(c->n_props + 1) * sizeof *vv);
+    if (!vv) goto oom;
+    c->prop_values = vv;
+    c->prop_names[c->n_props] = strndup(nv, (size_t)(eq - nv));
+    c->prop_values[c->n_props] = strdup(eq + 1);
+    c->n_props++;
+    if (!c->prop_names[c->n_props - 1] || !c->prop_values[c->n_props - 1]) goto oom;
+    return CONFIG_OK;
+oom:
+    snprintf(errstr, errstr_size, "out of memory");
+    return CONFIG_ERR;
+}
+
+int config_load(mw_config *c, int argc, char **argv, char *errstr, size_t errstr_size) {
+    memset(c, 0, sizeof *c);
+    c->args = calloc((size_t)argc + 1, sizeof *c->args);
+    if (!c->args) {
+        snprintf(errstr, errstr_size, "out of memory");
+        return CONFIG_ERR;
+    }
+    for (size_t i = 0; i < N_SETTINGS; i++) {
+        const setting *s = &settings[i];
+        const char *v = getenv(s->env);
+        if (v && *v == '\0') v = NULL; /* an empty variable counts as unset */
+        const char *from = v ? "environment" : "default";
+        if (!v) v = s->def;
+        if (v && set_value(c, s, v, from, errstr, errstr_size) != CONFIG_OK) return CONFIG_ERR;
+    }
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) return CONFIG_HELP;
+        if (strncmp(a, "-X", 2) == 0) {
+            const char *nv = a[2] ? a + 2 : (i + 1 < argc ? argv[++i] : NULL);
+            if (!nv) {
+                snprintf(errstr, errstr_size, "-X: expected name=value");
+                return CONFIG_ERR;
+            }
+            if (add_prop(c, nv, errstr, errstr_size) != CONFIG_OK) return CONFIG_ERR;
+            continue;
+        }
+        if (strncmp(a, "--", 2) != 0 || strcmp(a, "-") == 0) {
+            if (strcmp(a, "--") == 0) {
+                while (++i < argc) c->args[c->n_args++] = argv[i];
+                break;
+            }
+            c->args[c->n_args++] = argv[i];
+            continue;
+        }
+        const setting *s = NULL;
+        size_t flen = strcspn(a, "=");
+        for (size_t k = 0; k < N_SETTINGS; k++)
+            if (strlen(settings[k].flag) == flen && strncmp(settings[k].flag, a, flen) == 0)
+                s = &settings[k];
+        if (!s) {
+            snprintf(errstr, errstr_size, "unknown option %.*s (see --help)", (int)flen, a);
+            return CONFIG_ERR;
+        }
+        const char *v = a[flen] == '=' ? a + flen + 1 : (i + 1 < argc ? argv[++i] : NULL);
+        if (!v) {
+            snprintf(errstr, errstr_size, "%s: a value is required", s->flag);
+            return CONFIG_ERR;
+        }
+        if (set_value(c, s, v, s->flag, errstr, errstr_size) != CONFIG_OK) return CONFIG_ERR;
+    }
+    return CONFIG_OK;
+}
+
+void config_free(mw_config *c) {
+    for (size_t i = 0; i < N_SETTINGS; i++)
+        if (settings[i].type == S_STR) free(*(char **)((char *)c + settings[i].offset));
+    for (int i = 0; i < c->n_props; i++) {
+        free(c->prop_names[i]);
+        free(c->prop_values[i]);
+    }
+    free(c->prop_names);
+    free(c->prop_values);
+    free(c->args);
+    memset(c, 0, sizeof *c);
+}
+
+void config_usage(FILE *out) {
+    fprintf(out, "Settings (a flag wins over its environment variable):\n");
+    for (size_t i = 0; i < N_SETTINGS; i++) {
+        const setting *s = &settings[i];
+        fprintf(out, "  %-24s %-20s %s", s->flag, s->env, s->help);
+        if (s->def) fprintf(out, " (default: %s)", s->def);
+        fputc('\n', out);
+    }
+    fprintf(out, "  -X name=value                                 any librdkafka property, e.g. "
+                 "-X security.protocol=SSL\n");
+}

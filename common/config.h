@@ -1,0 +1,50 @@
+/*
+ * config: the worker's settings, built once from a declarative table (environment
+ * variable, command-line flag, type, default, help line) and immutable afterwards.
+ * A flag wins over its environment variable; `-X name=value` passes a librdkafka
+ * property through (kcat's convention).
+ *
+ * Ownership: config_load fills a mw_config that owns all its strings; config_free
+ * releases them. Values are never logged (they may hold secrets).
+ */
+#ifndef MW_CONFIG_H
+#define MW_CONFIG_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+typedef struct mw_config {
+    char *kafka_brokers;
+    char *group_id;
+    char *input_topic;
+    char *results_topic;
+    char *dlq_topic;
+    char *database_url;     /* NULL: libpq's PG* variables apply */
+    char *metrics_addr;     /* NULL: no HTTP endpoint */
+    int log_level;
+    int max_batch_items;    /* items per message (SPEC §2) */
+    int txn_max_items;      /* items gathered into one database transaction */
+    int txn_max_wait_ms;    /* how long a transaction waits to fill */
+    int shutdown_timeout_ms;
+    int retry_max_ms;       /* cap of the retry backoff */
+    int n_props;            /* -X name=value pairs, in order */
+    char **prop_names;
+    char **prop_values;
+    int n_args;             /* positional arguments left (e.g. validate's FILE) */
+    char **args;
+} mw_config;
+
+enum { CONFIG_OK = 0, CONFIG_HELP = 1, CONFIG_ERR = -1 };
+
+/* Parses argv[0..argc) (the arguments after the subcommand) over the environment.
+ * Returns CONFIG_OK, CONFIG_HELP (--help seen), or CONFIG_ERR with errstr naming the
+ * setting. */
+int config_load(mw_config *c, int argc, char **argv, char *errstr, size_t errstr_size)
+    __attribute__((warn_unused_result));
+
+void config_free(mw_config *c);
+
+/* Prints the settings table (flags, variables, defaults, help; never current values). */
+void config_usage(FILE *out);
+
+#endif

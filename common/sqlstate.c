@@ -1,0 +1,39 @@
+/* sqlstate: PostgreSQL error classification; see sqlstate.h. */
+#include "sqlstate.h"
+
+#include <string.h>
+
+enum err_class sqlstate_class(const char *s) {
+    if (!s || strlen(s) != 5) return ERR_TRANSIENT;
+    /* Exact codes first. */
+    static const char *const transient[] = {
+        "40001", /* serialization_failure (also: offsets moved by another worker) */
+        "40P01", /* deadlock_detected */
+        "55P03", /* lock_not_available */
+        "57014", /* query_canceled (statement_timeout) */
+        "57P01", "57P02", "57P03", /* admin/crash shutdown, cannot connect now */
+        "25P03", /* idle_in_transaction_session_timeout */
+        "XX000", /* internal_error: worth one more try */
+        NULL};
+    for (int i = 0; transient[i]; i++)
+        if (strcmp(s, transient[i]) == 0) return ERR_TRANSIENT;
+    if (strcmp(s, "P0001") == 0) return ERR_DATA; /* raise_exception from a user's trigger */
+    /* Then classes. */
+    if (strncmp(s, "08", 2) == 0) return ERR_TRANSIENT; /* connection exception */
+    if (strncmp(s, "53", 2) == 0) return ERR_TRANSIENT; /* insufficient resources */
+    if (strncmp(s, "58", 2) == 0) return ERR_TRANSIENT; /* system error (I/O) */
+    if (strncmp(s, "22", 2) == 0) return ERR_DATA;      /* data exception */
+    if (strncmp(s, "23", 2) == 0) return ERR_DATA;      /* integrity constraint violation */
+    if (strncmp(s, "54", 2) == 0) return ERR_DATA;      /* program limit exceeded */
+    /* 42 (syntax, undefined table, permission), 28 (auth), 3D (no database), and anything
+     * unknown: retrying cannot help; stop with a clear message. */
+    return ERR_FATAL;
+}
+
+const char *err_class_name(enum err_class c) {
+    switch (c) {
+    case ERR_TRANSIENT: return "transient";
+    case ERR_DATA: return "data";
+    default: return "fatal";
+    }
+}

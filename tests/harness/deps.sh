@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs what building and testing the worker needs on a fresh Debian machine:
+# Debian packages (when root; otherwise it names what is missing) and Apache Kafka's
+# broker jars from Maven Central into a cache folder reused by later runs.
+# Usage: deps.sh [build|test|all]   (build: compilers and -dev packages only)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+what=${1:-all}
+
+build_pkgs=(gcc make pkg-config librdkafka-dev libpq-dev libjson-c-dev uuid-dev
+            libcmocka-dev libmicrohttpd-dev)
+test_pkgs=(postgresql kcat openjdk-17-jre-headless maven python3
+           python3-confluent-kafka python3-psycopg2 prometheus clang)
+
+pkgs=("${build_pkgs[@]}")
+[ "$what" = build ] || pkgs+=("${test_pkgs[@]}")
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "deps: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "deps: missing Debian packages: ${missing[*]} (run: sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+fi
+
+[ "$what" = build ] && exit 0
+
+# Kafka broker jars (KRaft), cached so only the first run downloads.
+ver=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/kafka-pom.xml")
+cache=${MW_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/metadata-worker}
+libs="$cache/kafka-$ver/libs"
+if [ ! -f "$libs/.complete" ]; then
+  echo "deps: fetching Apache Kafka $ver from Maven Central into $libs" >&2
+  rm -rf "$libs"; mkdir -p "$libs"
+  mvn -q -B -f "$here/kafka-pom.xml" dependency:copy-dependencies \
+      -DoutputDirectory="$libs" -DincludeScope=runtime >&2
+  touch "$libs/.complete"
+fi
+echo "$libs"

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Starts and stops the throwaway stack the tests and `make run` use: a PostgreSQL
+# cluster made with initdb in a temporary folder (its own port and socket, run as a
+# non-root user when we are root) and a single-node Apache Kafka broker in KRaft mode.
+#   stack.sh start DIR   start both; writes DIR/env (source it for KAFKA_BROKERS, DATABASE_URL, PG*)
+#   stack.sh stop DIR    stop both and remove DIR
+#   stack.sh pg-stop DIR / pg-start DIR / kafka-stop DIR / kafka-start DIR   (fault tests)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cmd=${1:?usage: stack.sh start|stop|pg-start|pg-stop|kafka-start|kafka-stop DIR}
+dir=${2:?state folder required}
+
+pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+pguser=$(id -un)
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u "$pguser" -- "$@"; else "$@"; fi; }
+[ "$(id -u)" -eq 0 ] && pguser=mwtest
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
+  local t=$1 what=$2; shift 2
+  for _ in $(seq 1 $((t * 5))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  echo "stack: $what did not come up within ${t}s" >&2; return 1
+}
+
+pg_start() {
+  as_pg "$pgbin/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/log" -w -t 60 start >/dev/null
+}
+pg_stop() { as_pg "$pgbin/pg_ctl" -D "$dir/pg/data" -m fast -w stop >/dev/null 2>&1 || true; }
+
+kafka_start() {
+  # shellcheck disable=SC1091
+  . "$dir/env"
+  (cd "$dir/kafka" && exec java -Xms128m -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+      -Dlog4j2.configurationFile="$dir/kafka/log4j2.properties" \
+      -cp "$KAFKA_LIBS/*" kafka.Kafka server.properties >"$dir/kafka/log" 2>&1) &
+  echo $! >"$dir/kafka/pid"
+  wait_for 90 "Kafka broker on $KAFKA_BROKERS" kcat -L -b "$KAFKA_BROKERS" -m 3 -t __probe_metadata
+}
+kafka_stop() {
+  [ -f "$dir/kafka/pid" ] || return 0
+  local pid; pid=$(cat "$dir/kafka/pid")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$dir/kafka/pid"
+}
+
+case "$cmd" in
+start)
+  libs=$(bash "$here/deps.sh" all)
+  mkdir -p "$dir/pg" "$dir/kafka/logs"
+  dir=$(cd "$dir" && pwd)
+  if [ "$(id -u)" -eq 0 ]; then
+    id mwtest >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin mwtest
+    chown mwtest "$dir/pg"; chmod o+x "$dir"
+  fi
+  pgport=$(free_port); kport=$(free_port); cport=$(free_port)
+  as_pg "$pgbin/initdb" -D "$dir/pg/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+  cat >>"$dir/pg/data/postgresql.conf" <<CONF
+port = $pgport
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$dir/pg'
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+shared_buffers = 256MB
+max_connections = 100
+shared_preload_libraries = 'pg_stat_statements'
+CONF
+  pg_start
+  cat >"$dir/kafka/server.properties" <<CONF
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$kport,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$kport
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$dir/kafka/logs
+num.partitions=3
+auto.create.topics.enable=true
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=3
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+log.flush.interval.messages=1000000
+CONF
+  cat >"$dir/kafka/log4j2.properties" <<CONF
+rootLogger.level=WARN
+rootLogger.appenderRef.stdout.ref=STDOUT
+appender.stdout.type=Console
+appender.stdout.name=STDOUT
+appender.stdout.layout.type=PatternLayout
+appender.stdout.layout.pattern=[%d] %p %m (%c)%n
+CONF
+  cid=$(java -cp "$libs/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
+  java -cp "$libs/*" kafka.tools.StorageTool format --standalone -t "$cid" \
+      -c "$dir/kafka/server.properties" >"$dir/kafka/format.log" 2>&1
+  cat >"$dir/env" <<ENV
+export KAFKA_LIBS='$libs'
+export KAFKA_BROKERS='127.0.0.1:$kport'
+export PGHOST='127.0.0.1' PGPORT='$pgport' PGUSER='postgres' PGDATABASE='postgres'
+export DATABASE_URL='postgresql://postgres@127.0.0.1:$pgport/postgres'
+export MW_STACK_DIR='$dir'
+ENV
+  kafka_start
+  echo "stack: PostgreSQL on 127.0.0.1:$pgport, Kafka on 127.0.0.1:$kport (state in $dir)" >&2
+  ;;
+stop)
+  [ -d "$dir" ] || exit 0
+  kafka_stop; [ -d "$dir/pg/data" ] && pg_stop
+  rm -rf "$dir"
+  ;;
+pg-start) pg_start ;;
+pg-stop) pg_stop ;;
+kafka-start) kafka_start ;;
+kafka-stop) kafka_stop ;;
+*) echo "stack: unknown command $cmd" >&2; exit 2 ;;
+esac

@@ -1,0 +1,313 @@
+/* db: PostgreSQL connection, migrations and batch application; see db.h. */
+#include "db.h"
+
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/log.h"
+#include "../common/sqlstate.h"
+#include "schemas.h"
+
+struct mw_db {
+    PGconn *conn;
+    char *url; /* NULL: PG* variables */
+};
+
+mw_db *db_new(const mw_config *cfg) {
+    mw_db *db = calloc(1, sizeof *db);
+    if (!db) return NULL;
+    if (cfg->database_url && !(db->url = strdup(cfg->database_url))) {
+        free(db);
+        return NULL;
+    }
+    return db;
+}
+
+void db_destroy(mw_db *db) {
+    if (!db) return;
+    if (db->conn) PQfinish(db->conn);
+    free(db->url);
+    free(db);
+}
+
+int db_connected(const mw_db *db) { return db->conn && PQstatus(db->conn) == CONNECTION_OK; }
+
+static void notice_cb(void *arg, const PGresult *res) {
+    (void)arg;
+    char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    log_write(LOG_DEBUG, "postgresql notice", LF_S("detail", msg ? msg : ""),
+              LF_S("sqlstate", PQresultErrorField(res, PG_DIAG_SQLSTATE)), LF_END);
+}
+
+/* Copies libpq's message without its trailing newline. */
+static void copy_msg(char *errstr, size_t errstr_size, const char *prefix, const char *msg) {
+    snprintf(errstr, errstr_size, "%s%s", prefix, msg ? msg : "");
+    size_t n = strlen(errstr);
+    while (n && (errstr[n - 1] == '\n' || errstr[n - 1] == ' ')) errstr[--n] = '\0';
+}
+
+enum db_status db_connect(mw_db *db, char *errstr, size_t errstr_size) {
+    if (db_connected(db)) return DB_OK;
+    if (db->conn) {
+        PQfinish(db->conn);
+        db->conn = NULL;
+    }
+    /* Our defaults first: the user's conninfo (expanded from dbname) overrides them. */
+    const char *keys[] = {"application_name", "connect_timeout", "keepalives",
+                          "keepalives_idle", "keepalives_interval", "keepalives_count",
+                          "dbname", NULL};
+    const char *vals[] = {"metadata-worker", "10", "1", "10", "5", "3", db->url, NULL};
+    if (!db->url) keys[6] = NULL;
+    db->conn = PQconnectdbParams(keys, vals, 1);
+    if (!db->conn) {
+        snprintf(errstr, errstr_size, "out of memory");
+        return DB_TRANSIENT;
+    }
+    if (PQstatus(db->conn) != CONNECTION_OK) {
+        /* libpq's connection errors never include the password. */
+        copy_msg(errstr, errstr_size, "cannot connect to PostgreSQL: ", PQerrorMessage(db->conn));
+        PQfinish(db->conn);
+        db->conn = NULL;
+        return DB_TRANSIENT;
+    }
+    PQsetNoticeReceiver(db->conn, notice_cb, NULL);
+    return DB_OK;
+}
+
+/* Classifies a failed result (or NULL result) and fills errstr. */
+static enum db_status classify(mw_db *db, PGresult *res, char *errstr, size_t errstr_size) {
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    if (!msg) msg = PQerrorMessage(db->conn);
+    char prefix[32];
+    snprintf(prefix, sizeof prefix, "%s%s", state ? state : "", state ? ": " : "");
+    copy_msg(errstr, errstr_size, prefix, msg);
+    if (PQstatus(db->conn) != CONNECTION_OK) {
+        PQfinish(db->conn);
+        db->conn = NULL;
+        return DB_TRANSIENT;
+    }
+    /* A failed statement outside our explicit transactions leaves none open; make sure. */
+    if (PQtransactionStatus(db->conn) != PQTRANS_IDLE) {
+        PGresult *r = PQexec(db->conn, "ROLLBACK");
+        PQclear(r);
+    }
+    switch (sqlstate_class(state)) {
+    case ERR_TRANSIENT: return DB_TRANSIENT;
+    case ERR_DATA:
+        /* Two workers inserting one new key at once is not the data's fault. */
+        if (state && strcmp(state, "23505") == 0) {
+            const char *c = PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME);
+            if (c && strcmp(c, "customer_metadata_pkey") == 0) return DB_TRANSIENT;
+        }
+        return DB_DATA;
+    default: return DB_FATAL;
+    }
+}
+
+/* Runs one parameterised statement; on success *out holds the result (caller clears). */
+static enum db_status exec(mw_db *db, const char *sql, int n, const char *const *params,
+                           ExecStatusType want, PGresult **out, char *errstr, size_t errstr_size) {
+    enum db_status st = db_connect(db, errstr, errstr_size);
+    if (st != DB_OK) return st;
+    PGresult *res = PQexecParams(db->conn, sql, n, NULL, params, NULL, NULL, 0);
+    if (res && PQresultStatus(res) == want) {
+        if (out) *out = res;
+        else PQclear(res);
+        return DB_OK;
+    }
+    st = classify(db, res, errstr, errstr_size);
+    PQclear(res);
+    return st;
+}
+
+enum db_status db_migrate(mw_db *db, int *applied, char *errstr, size_t errstr_size) {
+    *applied = 0;
+    enum db_status st;
+    /* One migrator at a time (several workers may start together). */
+    if ((st = exec(db, "SELECT pg_advisory_lock(726150001)", 0, NULL, PGRES_TUPLES_OK, NULL,
+                   errstr, errstr_size)) != DB_OK)
+        return st;
+    st = exec(db,
+              "CREATE TABLE IF NOT EXISTS metadata_worker_schema ("
+              " version integer PRIMARY KEY, name text NOT NULL,"
+              " applied_at timestamptz NOT NULL DEFAULT now())",
+              0, NULL, PGRES_COMMAND_OK, NULL, errstr, errstr_size);
+    PGresult *res = NULL;
+    if (st == DB_OK)
+        st = exec(db, "SELECT COALESCE(max(version), 0) FROM metadata_worker_schema", 0, NULL,
+                  PGRES_TUPLES_OK, &res, errstr, errstr_size);
+    int have = res ? atoi(PQgetvalue(res, 0, 0)) : 0;
+    PQclear(res);
+    for (int i = 0; st == DB_OK && i < schema_migrations_count; i++) {
+        const schema_migration *m = &schema_migrations[i];
+        if (m->version <= have) continue;
+        /* Each migration and its record in one transaction. */
+        PGresult *r = PQexec(db->conn, "BEGIN");
+        PQclear(r);
+        r = PQexec(db->conn, m->sql);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
+            st = classify(db, r, errstr, errstr_size);
+            PQclear(r);
+            char tmp[512];
+            snprintf(tmp, sizeof tmp, "migration %s: %s", m->name, errstr);
+            snprintf(errstr, errstr_size, "%s", tmp);
+            break;
+        }
+        PQclear(r);
+        char ver[16];
+        snprintf(ver, sizeof ver, "%d", m->version);
+        const char *p[] = {ver, m->name};
+        st = exec(db, "INSERT INTO metadata_worker_schema (version, name) VALUES ($1, $2)", 2, p,
+                  PGRES_COMMAND_OK, NULL, errstr, errstr_size);
+        if (st == DB_OK)
+            st = exec(db, "COMMIT", 0, NULL, PGRES_COMMAND_OK, NULL, errstr, errstr_size);
+        if (st == DB_OK) (*applied)++;
+    }
+    if (db_connected(db)) {
+        PGresult *r = PQexec(db->conn, "SELECT pg_advisory_unlock(726150001)");
+        PQclear(r);
+    }
+    return st;
+}
+
+enum db_status db_check_schema(mw_db *db, char *errstr, size_t errstr_size) {
+    PGresult *res = NULL;
+    enum db_status st = exec(db,
+                             "SELECT COALESCE(max(version), 0) FROM metadata_worker_schema",
+                             0, NULL, PGRES_TUPLES_OK, &res, errstr, errstr_size);
+    if (st == DB_FATAL) {
+        snprintf(errstr, errstr_size,
+                 "the database has no metadata-worker schema: run `metadata-worker migrate` first");
+        return DB_FATAL;
+    }
+    if (st != DB_OK) return st;
+    int have = atoi(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    int want = schema_migrations[schema_migrations_count - 1].version;
+    if (have < want) {
+        snprintf(errstr, errstr_size,
+                 "the database schema is version %d, this worker needs %d: run `metadata-worker migrate`",
+                 have, want);
+        return DB_FATAL;
+    }
+    if (have > want) {
+        snprintf(errstr, errstr_size,
+                 "the database schema is version %d, newer than this worker's %d: upgrade the worker",
+                 have, want);
+        return DB_FATAL;
+    }
+    return DB_OK;
+}
+
+/* Writes a PostgreSQL array literal of numbers. */
+static char *num_array(const void *v, int n, int is64) {
+    size_t cap = (size_t)n * 21 + 3;
+    char *s = malloc(cap), *o = s;
+    if (!s) return NULL;
+    *o++ = '{';
+    for (int i = 0; i < n; i++) {
+        long long x = is64 ? (long long)((const int64_t *)v)[i] : (long long)((const int32_t *)v)[i];
+        o += snprintf(o, cap - (size_t)(o - s), "%s%lld", i ? "," : "", x);
+    }
+    *o++ = '}';
+    *o = '\0';
+    return s;
+}
+
+enum db_status db_read_offsets(mw_db *db, const char *group, const char *topic,
+                               const int32_t *parts, int n, int64_t *next,
+                               char *errstr, size_t errstr_size) {
+    for (int i = 0; i < n; i++) next[i] = -1;
+    char *arr = num_array(parts, n, 0);
+    if (!arr) {
+        snprintf(errstr, errstr_size, "out of memory");
+        return DB_TRANSIENT;
+    }
+    const char *p[] = {group, topic, arr};
+    PGresult *res = NULL;
+    enum db_status st = exec(db,
+                             "SELECT partition, next_offset FROM customer_metadata_offsets"
+                             " WHERE consumer_group = $1 AND topic = $2 AND partition = ANY($3::integer[])",
+                             3, p, PGRES_TUPLES_OK, &res, errstr, errstr_size);
+    free(arr);
+    if (st != DB_OK) return st;
+    for (int r = 0; r < PQntuples(res); r++) {
+        int32_t part = (int32_t)atol(PQgetvalue(res, r, 0));
+        int64_t off = atoll(PQgetvalue(res, r, 1));
+        for (int i = 0; i < n; i++)
+            if (parts[i] == part) next[i] = off;
+    }
+    PQclear(res);
+    return DB_OK;
+}
+
+static enum db_status apply_call(mw_db *db, const char *sql, const char *group, const char *topic,
+                                 const mw_offsets *o, const char *doc, PGresult **out,
+                                 char *errstr, size_t errstr_size) {
+    char *parts = num_array(o->part, o->n, 0);
+    char *exp = num_array(o->expected, o->n, 1);
+    char *nxt = num_array(o->next, o->n, 1);
+    enum db_status st;
+    if (!parts || !exp || !nxt) {
+        snprintf(errstr, errstr_size, "out of memory");
+        st = DB_TRANSIENT;
+    } else {
+        const char *p[] = {group, topic, parts, exp, nxt, doc};
+        st = exec(db, sql, 6, p, PGRES_TUPLES_OK, out, errstr, errstr_size);
+    }
+    free(parts);
+    free(exp);
+    free(nxt);
+    return st;
+}
+
+enum db_status db_apply(mw_db *db, const char *group, const char *topic, const mw_offsets *o,
+                        const char *rows_doc, char *errstr, size_t errstr_size) {
+    return apply_call(db,
+                      "SELECT customer_metadata_apply($1, $2, $3::integer[], $4::bigint[],"
+                      " $5::bigint[], $6::json)",
+                      group, topic, o, rows_doc, NULL, errstr, errstr_size);
+}
+
+static void report_rejects(PGresult *res, db_reject_cb cb, void *opaque) {
+    for (int r = 0; r < PQntuples(res); r++)
+        cb(opaque, (int32_t)atol(PQgetvalue(res, r, 0)), atoll(PQgetvalue(res, r, 1)),
+           atoi(PQgetvalue(res, r, 2)), PQgetvalue(res, r, 3));
+}
+
+enum db_status db_apply_isolated(mw_db *db, const char *group, const char *topic,
+                                 const mw_offsets *o, const char *items_doc, db_reject_cb cb,
+                                 void *opaque, char *errstr, size_t errstr_size) {
+    PGresult *res = NULL;
+    enum db_status st = apply_call(db,
+                                   "SELECT part, off, idx, error FROM customer_metadata_apply_isolated("
+                                   "$1, $2, $3::integer[], $4::bigint[], $5::bigint[], $6::json)",
+                                   group, topic, o, items_doc, &res, errstr, errstr_size);
+    if (st != DB_OK) return st;
+    report_rejects(res, cb, opaque);
+    PQclear(res);
+    return DB_OK;
+}
+
+enum db_status db_read_rejects(mw_db *db, const char *group, const char *topic, int32_t part,
+                               int64_t lo, int64_t hi, db_reject_cb cb, void *opaque,
+                               char *errstr, size_t errstr_size) {
+    char sp[16], slo[24], shi[24];
+    snprintf(sp, sizeof sp, "%d", (int)part);
+    snprintf(slo, sizeof slo, "%lld", (long long)lo);
+    snprintf(shi, sizeof shi, "%lld", (long long)hi);
+    const char *p[] = {group, topic, sp, slo, shi};
+    PGresult *res = NULL;
+    enum db_status st = exec(db,
+                             "SELECT partition, \"offset\", item_index, error FROM customer_metadata_rejects"
+                             " WHERE consumer_group = $1 AND topic = $2 AND partition = $3"
+                             " AND \"offset\" BETWEEN $4 AND $5",
+                             5, p, PGRES_TUPLES_OK, &res, errstr, errstr_size);
+    if (st != DB_OK) return st;
+    report_rejects(res, cb, opaque);
+    PQclear(res);
+    return DB_OK;
+}

@@ -1,0 +1,76 @@
+/*
+ * db: the worker's PostgreSQL side (libpq): connection with lazy reconnect, schema
+ * migrations, and the calls of the database functions of schemas/ that apply a batch.
+ * Every statement is parameterised; no item text is ever spliced into SQL.
+ *
+ * Each call returns a db_status, classified where the error arises (common/sqlstate):
+ * DB_TRANSIENT (retry later; the connection is reset if it broke), DB_DATA (an item's
+ * data was refused), DB_FATAL (schema, permission, configuration: stop). errstr says why.
+ *
+ * Ownership: db_new copies what it needs from the config; db_destroy closes and frees.
+ */
+#ifndef MW_DB_H
+#define MW_DB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/config.h"
+
+typedef struct mw_db mw_db;
+
+enum db_status { DB_OK = 0, DB_TRANSIENT, DB_DATA, DB_FATAL };
+
+/* Offsets moved by one transaction, partitions sorted ascending (lock order). expected[i]
+ * is the next offset read before (-1: none recorded), next[i] the one to record. */
+typedef struct mw_offsets {
+    int n;
+    int32_t *part;
+    int64_t *expected;
+    int64_t *next;
+} mw_offsets;
+
+/* Called for each rejected item: partition, offset, item index, error string. */
+typedef void (*db_reject_cb)(void *opaque, int32_t part, int64_t off, int idx, const char *error);
+
+mw_db *db_new(const mw_config *cfg);
+void db_destroy(mw_db *db);
+
+/* Connects if not connected. */
+enum db_status db_connect(mw_db *db, char *errstr, size_t errstr_size)
+    __attribute__((warn_unused_result));
+int db_connected(const mw_db *db);
+
+/* Applies the migrations of schemas/ (compiled in) not yet applied; idempotent. */
+enum db_status db_migrate(mw_db *db, int *applied, char *errstr, size_t errstr_size)
+    __attribute__((warn_unused_result));
+
+/* DB_FATAL with a message naming `migrate` when the schema is missing or older. */
+enum db_status db_check_schema(mw_db *db, char *errstr, size_t errstr_size)
+    __attribute__((warn_unused_result));
+
+/* Reads the next offsets recorded for parts[0..n) into next[] (-1: none). */
+enum db_status db_read_offsets(mw_db *db, const char *group, const char *topic,
+                               const int32_t *parts, int n, int64_t *next,
+                               char *errstr, size_t errstr_size)
+    __attribute__((warn_unused_result));
+
+/* The happy path: offsets and merged rows in one statement and transaction. */
+enum db_status db_apply(mw_db *db, const char *group, const char *topic, const mw_offsets *o,
+                        const char *rows_doc, char *errstr, size_t errstr_size)
+    __attribute__((warn_unused_result));
+
+/* The slow path: offsets, then each item on its own; rejected items are recorded and
+ * reported through cb. */
+enum db_status db_apply_isolated(mw_db *db, const char *group, const char *topic,
+                                 const mw_offsets *o, const char *items_doc, db_reject_cb cb,
+                                 void *opaque, char *errstr, size_t errstr_size)
+    __attribute__((warn_unused_result));
+
+/* Reports the rejects recorded for offsets [lo, hi] of a partition (replayed messages). */
+enum db_status db_read_rejects(mw_db *db, const char *group, const char *topic, int32_t part,
+                               int64_t lo, int64_t hi, db_reject_cb cb, void *opaque,
+                               char *errstr, size_t errstr_size)
+    __attribute__((warn_unused_result));
+
+#endif

@@ -1,0 +1,698 @@
+/*
+ * ingest: the worker's main loop; see ingest.h for the protocol. Everything here runs on
+ * one thread: librdkafka's callbacks (rebalance, delivery reports) are served from the
+ * poll calls made below, so no state needs a lock.
+ */
+#include "ingest.h"
+
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../common/jsonw.h"
+#include "../common/log.h"
+#include "batch.h"
+#include "db.h"
+#include "kafka.h"
+#include "plan.h"
+#include "result.h"
+
+typedef struct pend_msg {
+    rd_kafka_message_t *rkm;
+    mw_batch batch;
+    bool in_flush;   /* part of the transaction being flushed */
+    bool replay;     /* already applied to PostgreSQL: results only */
+    int db_rejects;
+    char **db_err;   /* per item, allocated at the first reject */
+} pend_msg;
+
+typedef struct part_state {
+    int32_t part;
+    int64_t pg_next; /* next offset recorded in PostgreSQL, -1: none */
+    bool known;      /* pg_next was read since the partition was assigned */
+} part_state;
+
+typedef struct ingest {
+    const mw_config *cfg;
+    volatile sig_atomic_t *run;
+    rd_kafka_t *consumer;
+    rd_kafka_t *producer;
+    mw_db *db;
+    json_tokener *tok;
+    mw_plan plan;
+    jsonw doc;
+    jsonw out;
+    pend_msg *pend;
+    int n_pend, cap_pend;
+    int pend_items;         /* items not yet in a flush */
+    int64_t pend_since_ms;  /* arrival of the oldest message not yet in a flush */
+    part_state *parts;
+    int n_parts, cap_parts;
+    bool paused;
+    long inflight;          /* results and dead letters awaiting acknowledgement */
+    long delivery_failed;
+    int64_t deadline_ms;    /* set once a stop is asked for */
+    bool fatal;
+    char errstr[1024];
+} ingest;
+
+static int64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- partitions ---- */
+
+static part_state *part_find(ingest *ing, int32_t part) {
+    for (int i = 0; i < ing->n_parts; i++)
+        if (ing->parts[i].part == part) return &ing->parts[i];
+    return NULL;
+}
+
+static part_state *part_add(ingest *ing, int32_t part) {
+    part_state *ps = part_find(ing, part);
+    if (ps) return ps;
+    if (ing->n_parts == ing->cap_parts) {
+        int cap = ing->cap_parts ? ing->cap_parts * 2 : 16;
+        part_state *n = realloc(ing->parts, (size_t)cap * sizeof *n);
+        if (!n) return NULL;
+        ing->parts = n;
+        ing->cap_parts = cap;
+    }
+    ps = &ing->parts[ing->n_parts++];
+    *ps = (part_state){part, -1, false};
+    return ps;
+}
+
+static void part_remove(ingest *ing, int32_t part) {
+    part_state *ps = part_find(ing, part);
+    if (ps) *ps = ing->parts[--ing->n_parts];
+}
+
+/* ---- pending messages ---- */
+
+static void pend_release(pend_msg *m) {
+    if (m->db_err) {
+        for (int i = 0; i < m->batch.n_items; i++) free(m->db_err[i]);
+        free(m->db_err);
+    }
+    batch_free(&m->batch);
+    rd_kafka_message_destroy(m->rkm);
+}
+
+static void pend_append(ingest *ing, rd_kafka_message_t *rkm) {
+    if (ing->n_pend == ing->cap_pend) {
+        int cap = ing->cap_pend ? ing->cap_pend * 2 : 64;
+        pend_msg *n = realloc(ing->pend, (size_t)cap * sizeof *n);
+        if (!n) goto oom;
+        ing->pend = n;
+        ing->cap_pend = cap;
+    }
+    pend_msg *m = &ing->pend[ing->n_pend];
+    memset(m, 0, sizeof *m);
+    m->rkm = rkm;
+    mw_source src = {ing->cfg->input_topic, rkm->partition, rkm->offset};
+    if (batch_decode(&m->batch, ing->tok, rkm->payload, rkm->len, &src,
+                     ing->cfg->max_batch_items) != 0)
+        goto oom;
+    if (ing->pend_items == 0) ing->pend_since_ms = now_ms();
+    ing->n_pend++;
+    ing->pend_items += m->batch.n_items ? m->batch.n_items : 1;
+    return;
+oom:
+    /* Not stored: the message is consumed again after a restart. Stop cleanly. */
+    log_write(LOG_ERROR, "out of memory decoding a message", LF_I("partition", rkm->partition),
+              LF_I("offset", rkm->offset), LF_END);
+    rd_kafka_message_destroy(rkm);
+    ing->fatal = true;
+}
+
+/* Drops pending messages of the given partitions (revoked: their new owner consumes them
+ * again from the committed offset). */
+static void pend_drop_partitions(ingest *ing, const rd_kafka_topic_partition_list_t *parts) {
+    int w = 0;
+    for (int r = 0; r < ing->n_pend; r++) {
+        bool drop = false;
+        for (int i = 0; i < parts->cnt; i++)
+            if (parts->elems[i].partition == ing->pend[r].rkm->partition) drop = true;
+        if (drop) pend_release(&ing->pend[r]);
+        else ing->pend[w++] = ing->pend[r];
+    }
+    ing->n_pend = w;
+    ing->pend_items = 0;
+    for (int i = 0; i < w; i++)
+        if (!ing->pend[i].in_flush)
+            ing->pend_items += ing->pend[i].batch.n_items ? ing->pend[i].batch.n_items : 1;
+}
+
+/* Removes the messages of the flush just done (or abandoned). */
+static void pend_compact(ingest *ing) {
+    int w = 0;
+    ing->pend_items = 0;
+    for (int r = 0; r < ing->n_pend; r++) {
+        if (ing->pend[r].in_flush) {
+            pend_release(&ing->pend[r]);
+            continue;
+        }
+        ing->pend_items += ing->pend[r].batch.n_items ? ing->pend[r].batch.n_items : 1;
+        ing->pend[w++] = ing->pend[r];
+    }
+    ing->n_pend = w;
+    if (w) ing->pend_since_ms = now_ms();
+}
+
+/* ---- pausing while PostgreSQL or the producer is unavailable ---- */
+
+static void set_paused(ingest *ing, bool pause) {
+    if (ing->paused == pause) return;
+    rd_kafka_topic_partition_list_t *a = NULL;
+    if (rd_kafka_assignment(ing->consumer, &a) == RD_KAFKA_RESP_ERR_NO_ERROR && a) {
+        if (a->cnt) {
+            if (pause) rd_kafka_pause_partitions(ing->consumer, a);
+            else rd_kafka_resume_partitions(ing->consumer, a);
+        }
+        rd_kafka_topic_partition_list_destroy(a);
+    }
+    ing->paused = pause;
+    log_write(LOG_DEBUG, pause ? "partitions paused" : "partitions resumed", LF_END);
+}
+
+static bool stopping(ingest *ing) {
+    if (*ing->run) return false;
+    if (!ing->deadline_ms) ing->deadline_ms = now_ms() + ing->cfg->shutdown_timeout_ms;
+    return true;
+}
+
+static bool past_deadline(ingest *ing) { return stopping(ing) && now_ms() >= ing->deadline_ms; }
+
+static void handle_message(ingest *ing, rd_kafka_message_t *rkm) {
+    if (rkm->err) {
+        log_write(LOG_WARN, "consumer error", LF_S("error", rd_kafka_message_errstr(rkm)),
+                  LF_S("code", rd_kafka_err2name(rkm->err)), LF_END);
+        if (rkm->err == RD_KAFKA_RESP_ERR__FATAL) ing->fatal = true;
+        rd_kafka_message_destroy(rkm);
+        return;
+    }
+    pend_append(ing, rkm);
+}
+
+/* Serves group membership and delivery reports for up to ms while the partitions are
+ * paused; messages already fetched are kept for after the flush in hand. */
+static void keepalive(ingest *ing, int ms) {
+    set_paused(ing, true);
+    int64_t end = now_ms() + ms;
+    do {
+        rd_kafka_poll(ing->producer, 0);
+        int64_t left = end - now_ms();
+        rd_kafka_message_t *rkm = rd_kafka_consumer_poll(ing->consumer, left > 100 ? 100 : (int)(left > 0 ? left : 0));
+        if (rkm) handle_message(ing, rkm);
+    } while (now_ms() < end && !ing->fatal && !past_deadline(ing));
+}
+
+/* Waits before retry `attempt` (capped exponential backoff with jitter). False when the
+ * batch must be abandoned (stop deadline passed, or fatal). */
+static bool backoff(ingest *ing, int attempt, const char *what) {
+    int64_t d = 100;
+    for (int i = 0; i < attempt && d < ing->cfg->retry_max_ms; i++) d *= 2;
+    if (d > ing->cfg->retry_max_ms) d = ing->cfg->retry_max_ms;
+    d = d / 2 + rand() % (d / 2 + 1);
+    log_write(attempt > 2 ? LOG_WARN : LOG_INFO, "retrying", LF_S("what", what),
+              LF_S("error", ing->errstr), LF_I("attempt", attempt), LF_I("delay_ms", d), LF_END);
+    keepalive(ing, (int)d);
+    return !ing->fatal && !past_deadline(ing);
+}
+
+/* ---- the flush: database, results, offsets ---- */
+
+static void on_reject(void *opaque, int32_t part, int64_t off, int idx, const char *error) {
+    ingest *ing = opaque;
+    for (int i = 0; i < ing->n_pend; i++) {
+        pend_msg *m = &ing->pend[i];
+        if (!m->in_flush || m->rkm->partition != part || m->rkm->offset != off) continue;
+        if (idx < 0 || idx >= m->batch.n_items) return;
+        if (!m->db_err && !(m->db_err = calloc((size_t)m->batch.n_items, sizeof *m->db_err))) return;
+        if (!m->db_err[idx]) m->db_rejects++;
+        free(m->db_err[idx]);
+        m->db_err[idx] = strdup(error);
+        return;
+    }
+}
+
+static void clear_rejects(ingest *ing) {
+    for (int i = 0; i < ing->n_pend; i++) {
+        pend_msg *m = &ing->pend[i];
+        if (!m->in_flush || !m->db_err) continue;
+        for (int k = 0; k < m->batch.n_items; k++) free(m->db_err[k]);
+        free(m->db_err);
+        m->db_err = NULL;
+        m->db_rejects = 0;
+    }
+}
+
+/* Reads PostgreSQL's next offset for the flush's partitions not known yet. */
+static enum db_status load_offsets(ingest *ing) {
+    int32_t want[256];
+    int n = 0;
+    for (int i = 0; i < ing->n_pend && n < 256; i++) {
+        pend_msg *m = &ing->pend[i];
+        if (!m->in_flush) continue;
+        part_state *ps = part_add(ing, m->rkm->partition);
+        if (!ps) return DB_TRANSIENT;
+        if (ps->known) continue;
+        bool dup = false;
+        for (int k = 0; k < n; k++) dup |= want[k] == ps->part;
+        if (!dup) want[n++] = ps->part;
+    }
+    if (!n) return DB_OK;
+    int64_t next[256];
+    enum db_status st = db_read_offsets(ing->db, ing->cfg->group_id, ing->cfg->input_topic, want,
+                                        n, next, ing->errstr, sizeof ing->errstr);
+    if (st != DB_OK) return st;
+    for (int k = 0; k < n; k++) {
+        part_state *ps = part_find(ing, want[k]);
+        if (ps) *ps = (part_state){want[k], next[k], true};
+    }
+    return DB_OK;
+}
+
+/* One attempt at the database side of the flush. */
+static enum db_status apply_once(ingest *ing) {
+    enum db_status st = load_offsets(ing);
+    if (st != DB_OK) return st;
+    clear_rejects(ing);
+    plan_reset(&ing->plan);
+
+    int32_t parts[256];
+    int64_t expected[256], next[256];
+    int np = 0;
+    for (int i = 0; i < ing->n_pend; i++) {
+        pend_msg *m = &ing->pend[i];
+        if (!m->in_flush) continue;
+        part_state *ps = part_find(ing, m->rkm->partition);
+        m->replay = ps && ps->pg_next >= 0 && m->rkm->offset < ps->pg_next;
+        if (m->replay || m->batch.bad_request) continue;
+        bool any = false;
+        for (int k = 0; k < m->batch.n_items; k++) {
+            if (m->batch.items[k].error) continue;
+            if (plan_add(&ing->plan, &m->batch.items[k], m->rkm->partition, m->rkm->offset)) {
+                snprintf(ing->errstr, sizeof ing->errstr, "out of memory");
+                return DB_TRANSIENT;
+            }
+            any = true;
+        }
+        if (!any) continue;
+        int k = 0;
+        while (k < np && parts[k] != m->rkm->partition) k++;
+        if (k == np) {
+            if (np == 256) return DB_FATAL;
+            parts[np] = m->rkm->partition;
+            expected[np] = ps ? ps->pg_next : -1;
+            np++;
+        }
+        next[k] = m->rkm->offset + 1;
+    }
+    if (ing->plan.n_items == 0) return DB_OK;
+
+    /* Lock order: partitions ascending, so two workers never deadlock on offsets. */
+    mw_offsets o = {np, parts, expected, next};
+    for (int i = 1; i < np; i++)
+        for (int j = i; j > 0 && parts[j - 1] > parts[j]; j--) {
+            int32_t tp = parts[j]; parts[j] = parts[j - 1]; parts[j - 1] = tp;
+            int64_t te = expected[j]; expected[j] = expected[j - 1]; expected[j - 1] = te;
+            int64_t tn = next[j]; next[j] = next[j - 1]; next[j - 1] = tn;
+        }
+
+    if (plan_merge(&ing->plan)) {
+        snprintf(ing->errstr, sizeof ing->errstr, "out of memory");
+        return DB_TRANSIENT;
+    }
+    jsonw_reset(&ing->doc);
+    plan_rows_json(&ing->plan, &ing->doc);
+    if (ing->doc.oom) {
+        snprintf(ing->errstr, sizeof ing->errstr, "out of memory");
+        return DB_TRANSIENT;
+    }
+    st = db_apply(ing->db, ing->cfg->group_id, ing->cfg->input_topic, &o, ing->doc.buf,
+                  ing->errstr, sizeof ing->errstr);
+    if (st == DB_DATA) {
+        log_write(LOG_WARN, "PostgreSQL refused an item: applying the batch item by item",
+                  LF_S("error", ing->errstr), LF_I("items", ing->plan.n_items), LF_END);
+        jsonw_reset(&ing->doc);
+        plan_items_json(&ing->plan, &ing->doc);
+        st = db_apply_isolated(ing->db, ing->cfg->group_id, ing->cfg->input_topic, &o,
+                               ing->doc.buf, on_reject, ing, ing->errstr, sizeof ing->errstr);
+        /* A data error now (outside any item) cannot be isolated. */
+        if (st == DB_DATA) st = DB_FATAL;
+    }
+    if (st == DB_OK) {
+        for (int k = 0; k < np; k++) {
+            part_state *ps = part_find(ing, parts[k]);
+            if (ps) ps->pg_next = next[k];
+        }
+    } else {
+        /* Read the offsets again before retrying: another worker may have moved them. */
+        for (int k = 0; k < ing->n_parts; k++) ing->parts[k].known = false;
+        clear_rejects(ing);
+    }
+    return st;
+}
+
+/* Rebuilds the database rejects of replayed messages (for identical results). */
+static enum db_status load_replay_rejects(ingest *ing) {
+    for (int k = 0; k < ing->n_parts; k++) {
+        int32_t part = ing->parts[k].part;
+        int64_t lo = -1, hi = -1;
+        for (int i = 0; i < ing->n_pend; i++) {
+            pend_msg *m = &ing->pend[i];
+            if (!m->in_flush || !m->replay || m->rkm->partition != part || m->batch.bad_request)
+                continue;
+            if (lo < 0 || m->rkm->offset < lo) lo = m->rkm->offset;
+            if (m->rkm->offset > hi) hi = m->rkm->offset;
+        }
+        if (lo < 0) continue;
+        enum db_status st = db_read_rejects(ing->db, ing->cfg->group_id, ing->cfg->input_topic,
+                                            part, lo, hi, on_reject, ing, ing->errstr,
+                                            sizeof ing->errstr);
+        if (st != DB_OK) return st;
+    }
+    return DB_OK;
+}
+
+static void produce(ingest *ing, const char *topic, const void *key, size_t klen,
+                    const void *val, size_t vlen, rd_kafka_headers_t *hdrs) {
+    for (;;) {
+        rd_kafka_resp_err_t err = rd_kafka_producev(
+            ing->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, klen),
+            RD_KAFKA_V_VALUE((void *)val, vlen), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+            RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_END);
+        if (!err) {
+            ing->inflight++;
+            return; /* hdrs now owned by the message */
+        }
+        if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+            rd_kafka_poll(ing->producer, 50);
+            continue;
+        }
+        log_write(LOG_ERROR, "cannot produce", LF_S("topic", topic),
+                  LF_S("error", rd_kafka_err2str(err)), LF_END);
+        if (hdrs) rd_kafka_headers_destroy(hdrs);
+        ing->delivery_failed++;
+        return;
+    }
+}
+
+static void produce_dead_letter(ingest *ing, const pend_msg *m) {
+    char part[16], off[24];
+    snprintf(part, sizeof part, "%d", (int)m->rkm->partition);
+    snprintf(off, sizeof off, "%lld", (long long)m->rkm->offset);
+    rd_kafka_headers_t *h = rd_kafka_headers_new(5);
+    rd_kafka_header_add(h, "dlq.error", -1, m->batch.bad_request, -1);
+    rd_kafka_header_add(h, "dlq.source.topic", -1, ing->cfg->input_topic, -1);
+    rd_kafka_header_add(h, "dlq.source.partition", -1, part, -1);
+    rd_kafka_header_add(h, "dlq.source.offset", -1, off, -1);
+    rd_kafka_header_add(h, "dlq.event.id", -1, m->batch.bad_event_id, -1);
+    produce(ing, ing->cfg->dlq_topic, m->rkm->key, m->rkm->key_len, m->rkm->payload,
+            m->rkm->len, h);
+}
+
+static void produce_results(ingest *ing) {
+    for (int i = 0; i < ing->n_pend; i++) {
+        pend_msg *m = &ing->pend[i];
+        if (!m->in_flush) continue;
+        const mw_batch *b = &m->batch;
+        if (b->bad_request) {
+            produce_dead_letter(ing, m);
+            jsonw_reset(&ing->out);
+            result_message(&ing->out, b, NULL, b->bad_request, 1);
+            produce(ing, ing->cfg->results_topic, b->bad_event_id, MW_UUID_STR_LEN,
+                    ing->out.buf, ing->out.len, NULL);
+            continue;
+        }
+        int errors = b->invalid_count + m->db_rejects;
+        for (int k = 0; k < b->n_items; k++) {
+            const mw_item *it = &b->items[k];
+            jsonw_reset(&ing->out);
+            result_message(&ing->out, b, it, result_item_error(it, m->db_err ? m->db_err[k] : NULL),
+                           errors);
+            produce(ing, ing->cfg->results_topic, it->f[F_EVENT].p, it->f[F_EVENT].n,
+                    ing->out.buf, ing->out.len, NULL);
+        }
+    }
+}
+
+/* Waits until every result and dead letter is acknowledged. False: abandoned. */
+static bool await_deliveries(ingest *ing) {
+    int64_t start = now_ms();
+    while (ing->inflight > 0) {
+        rd_kafka_poll(ing->producer, 20);
+        if (now_ms() - start > 1000) keepalive(ing, 0); /* serve the group meanwhile */
+        if (ing->fatal || past_deadline(ing)) return false;
+    }
+    return true;
+}
+
+static void store_offsets(ingest *ing) {
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(16);
+    for (int i = 0; i < ing->n_pend; i++) {
+        pend_msg *m = &ing->pend[i];
+        if (!m->in_flush) continue;
+        rd_kafka_topic_partition_t *tp =
+            rd_kafka_topic_partition_list_find(l, ing->cfg->input_topic, m->rkm->partition);
+        if (!tp) tp = rd_kafka_topic_partition_list_add(l, ing->cfg->input_topic, m->rkm->partition);
+        if (m->rkm->offset + 1 > tp->offset) tp->offset = m->rkm->offset + 1;
+    }
+    if (l->cnt) {
+        rd_kafka_resp_err_t err = rd_kafka_offsets_store(ing->consumer, l);
+        if (err && err != RD_KAFKA_RESP_ERR__STATE)
+            log_write(LOG_WARN, "cannot store offsets", LF_S("error", rd_kafka_err2str(err)), LF_END);
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+static void flush(ingest *ing) {
+    int n = 0, items = 0;
+    for (int i = 0; i < ing->n_pend; i++) {
+        ing->pend[i].in_flush = true;
+        n++;
+        items += ing->pend[i].batch.n_items;
+    }
+    ing->pend_items = 0;
+    if (!n) return;
+    int64_t t0 = now_ms();
+
+    enum db_status st;
+    for (int attempt = 0;; attempt++) {
+        st = apply_once(ing);
+        if (st == DB_OK) st = load_replay_rejects(ing);
+        if (st == DB_OK) break;
+        if (st == DB_FATAL) {
+            log_write(LOG_ERROR, "PostgreSQL error that retrying cannot fix: stopping",
+                      LF_S("error", ing->errstr), LF_END);
+            ing->fatal = true;
+            goto abandon;
+        }
+        if (!backoff(ing, attempt, "database")) goto abandon;
+    }
+    int64_t t1 = now_ms();
+
+    for (int attempt = 0;; attempt++) {
+        ing->delivery_failed = 0;
+        produce_results(ing);
+        if (!await_deliveries(ing)) goto abandon;
+        if (ing->delivery_failed == 0) break;
+        snprintf(ing->errstr, sizeof ing->errstr, "%ld results not acknowledged", ing->delivery_failed);
+        if (!backoff(ing, attempt, "results")) goto abandon;
+    }
+    store_offsets(ing);
+    set_paused(ing, false);
+    log_write(LOG_DEBUG, "batch done", LF_I("messages", n), LF_I("items", items),
+              LF_I("db_ms", t1 - t0), LF_I("total_ms", now_ms() - t0), LF_END);
+    pend_compact(ing);
+    return;
+abandon:
+    log_write(LOG_WARN, "batch abandoned: its messages will be consumed again", LF_I("messages", n),
+              LF_END);
+    /* Nothing stored for these messages; drop everything pending so that no later message
+     * of their partitions is committed past them. */
+    for (int i = 0; i < ing->n_pend; i++) ing->pend[i].in_flush = true;
+    pend_compact(ing);
+    set_paused(ing, false);
+}
+
+/* ---- callbacks ---- */
+
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
+    (void)rk;
+    ingest *ing = opaque;
+    ing->inflight--;
+    if (m->err) {
+        ing->delivery_failed++;
+        log_write(LOG_WARN, "delivery failed", LF_S("topic", rd_kafka_topic_name(m->rkt)),
+                  LF_S("error", rd_kafka_err2str(m->err)), LF_END);
+    }
+}
+
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque) {
+    ingest *ing = opaque;
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        /* Resume from the group's committed offset; where the group has none, from the
+         * offset PostgreSQL recorded (auto.offset.reset applies when neither exists). */
+        rd_kafka_resp_err_t e = rd_kafka_committed(rk, parts, 10000);
+        if (e) log_write(LOG_WARN, "cannot read committed offsets", LF_S("error", rd_kafka_err2str(e)), LF_END);
+        for (int i = 0; i < parts->cnt; i++) {
+            rd_kafka_topic_partition_t *tp = &parts->elems[i];
+            part_state *ps = part_add(ing, tp->partition);
+            int64_t pg = -1;
+            if (ps && db_read_offsets(ing->db, ing->cfg->group_id, ing->cfg->input_topic,
+                                      &tp->partition, 1, &pg, ing->errstr, sizeof ing->errstr) == DB_OK)
+                *ps = (part_state){tp->partition, pg, true};
+            if (tp->offset < 0 && pg >= 0) tp->offset = pg;
+            log_write(LOG_INFO, "partition assigned", LF_S("topic", tp->topic),
+                      LF_I("partition", tp->partition), LF_I("offset", tp->offset),
+                      LF_I("pg_next_offset", pg), LF_END);
+        }
+        rd_kafka_error_t *error = rd_kafka_incremental_assign(rk, parts);
+        if (error) {
+            log_write(LOG_ERROR, "incremental assign failed", LF_S("error", rd_kafka_error_string(error)), LF_END);
+            rd_kafka_error_destroy(error);
+        }
+        /* librdkafka 2.0 keeps a partition's paused flag across rebalances. */
+        if (ing->paused) rd_kafka_pause_partitions(rk, parts);
+        else rd_kafka_resume_partitions(rk, parts);
+    } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
+        bool lost = rd_kafka_assignment_lost(rk);
+        pend_drop_partitions(ing, parts);
+        if (!lost) {
+            /* Commit what is done for these partitions before handing them over. */
+            rd_kafka_resp_err_t e = rd_kafka_commit(rk, NULL, 0);
+            if (e && e != RD_KAFKA_RESP_ERR__NO_OFFSET)
+                log_write(LOG_WARN, "commit on revoke failed", LF_S("error", rd_kafka_err2str(e)), LF_END);
+        }
+        for (int i = 0; i < parts->cnt; i++) {
+            log_write(LOG_INFO, lost ? "partition lost" : "partition revoked",
+                      LF_S("topic", parts->elems[i].topic), LF_I("partition", parts->elems[i].partition),
+                      LF_END);
+            part_remove(ing, parts->elems[i].partition);
+        }
+        rd_kafka_error_t *error = rd_kafka_incremental_unassign(rk, parts);
+        if (error) {
+            log_write(LOG_ERROR, "incremental unassign failed", LF_S("error", rd_kafka_error_string(error)), LF_END);
+            rd_kafka_error_destroy(error);
+        }
+    } else {
+        log_write(LOG_ERROR, "rebalance error", LF_S("error", rd_kafka_err2str(err)), LF_END);
+        rd_kafka_assign(rk, NULL);
+    }
+}
+
+/* ---- run ---- */
+
+static bool wait_for_database(ingest *ing) {
+    for (int attempt = 0;; attempt++) {
+        enum db_status st = db_check_schema(ing->db, ing->errstr, sizeof ing->errstr);
+        if (st == DB_OK) return true;
+        if (st == DB_FATAL) {
+            log_write(LOG_ERROR, ing->errstr, LF_END);
+            return false;
+        }
+        log_write(LOG_WARN, "waiting for PostgreSQL", LF_S("error", ing->errstr), LF_END);
+        int64_t d = 100;
+        for (int i = 0; i < attempt && d < ing->cfg->retry_max_ms; i++) d *= 2;
+        if (d > ing->cfg->retry_max_ms) d = ing->cfg->retry_max_ms;
+        for (int64_t end = now_ms() + d; now_ms() < end;) {
+            if (!*ing->run) return false;
+            struct timespec ts = {0, 50 * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+    }
+}
+
+int ingest_run(const mw_config *cfg, volatile sig_atomic_t *run) {
+    ingest ing_s;
+    ingest *ing = &ing_s;
+    memset(ing, 0, sizeof *ing);
+    ing->cfg = cfg;
+    ing->run = run;
+    plan_init(&ing->plan);
+    jsonw_init(&ing->doc);
+    jsonw_init(&ing->out);
+    int rc = 1;
+    srand((unsigned)time(NULL) ^ (unsigned)getpid());
+
+    ing->tok = batch_tokener_new();
+    ing->db = db_new(cfg);
+    if (!ing->tok || !ing->db) {
+        log_write(LOG_ERROR, "out of memory", LF_END);
+        goto done;
+    }
+    if (!wait_for_database(ing)) {
+        rc = *run ? 1 : 0;
+        goto done;
+    }
+    ing->producer = kafka_producer_new(cfg, on_delivery, ing, ing->errstr, sizeof ing->errstr);
+    if (!ing->producer) {
+        log_write(LOG_ERROR, ing->errstr, LF_END);
+        goto done;
+    }
+    ing->consumer = kafka_consumer_new(cfg, on_rebalance, ing, ing->errstr, sizeof ing->errstr);
+    if (!ing->consumer) {
+        log_write(LOG_ERROR, ing->errstr, LF_END);
+        goto done;
+    }
+    rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(sub, cfg->input_topic, RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t err = rd_kafka_subscribe(ing->consumer, sub);
+    rd_kafka_topic_partition_list_destroy(sub);
+    if (err) {
+        log_write(LOG_ERROR, "cannot subscribe", LF_S("error", rd_kafka_err2str(err)), LF_END);
+        goto done;
+    }
+    log_write(LOG_INFO, "worker started", LF_S("topic", cfg->input_topic),
+              LF_S("group", cfg->group_id), LF_S("results_topic", cfg->results_topic),
+              LF_S("dlq_topic", cfg->dlq_topic), LF_END);
+
+    while (!ing->fatal && !stopping(ing)) {
+        int timeout = 100;
+        if (ing->pend_items) {
+            int64_t left = ing->pend_since_ms + cfg->txn_max_wait_ms - now_ms();
+            timeout = left < 0 ? 0 : (int)left;
+        }
+        rd_kafka_message_t *rkm = rd_kafka_consumer_poll(ing->consumer, timeout);
+        if (rkm) handle_message(ing, rkm);
+        rd_kafka_poll(ing->producer, 0);
+        if (ing->pend_items && (ing->pend_items >= cfg->txn_max_items ||
+                                now_ms() - ing->pend_since_ms >= cfg->txn_max_wait_ms))
+            flush(ing);
+    }
+    /* Finish the batch in hand (bounded by the stop deadline), then leave the group. */
+    if (!ing->fatal) flush(ing);
+    rc = ing->fatal ? 1 : 0;
+    log_write(LOG_INFO, "stopping: committing and leaving the group", LF_END);
+
+done:
+    if (ing->consumer) {
+        /* Commits the stored offsets and leaves the group. */
+        rd_kafka_consumer_close(ing->consumer);
+        for (int i = 0; i < ing->n_pend; i++) pend_release(&ing->pend[i]);
+        ing->n_pend = 0;
+        rd_kafka_destroy(ing->consumer);
+    }
+    if (ing->producer) {
+        rd_kafka_flush(ing->producer, 5000);
+        rd_kafka_destroy(ing->producer);
+    }
+    for (int i = 0; i < ing->n_pend; i++) pend_release(&ing->pend[i]);
+    free(ing->pend);
+    free(ing->parts);
+    plan_free(&ing->plan);
+    jsonw_free(&ing->doc);
+    jsonw_free(&ing->out);
+    if (ing->tok) json_tokener_free(ing->tok);
+    db_destroy(ing->db);
+    log_write(LOG_INFO, "worker stopped", LF_I("exit_status", rc), LF_END);
+    return rc;
+}

@@ -1,0 +1,110 @@
+/* kafka: librdkafka client construction; see kafka.h. */
+#include "kafka.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "../common/log.h"
+
+static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
+    /* syslog levels: 0-3 error, 4 warning, 5-6 info, 7 debug */
+    enum log_level l = level <= 3 ? LOG_ERROR : level == 4 ? LOG_WARN : level <= 6 ? LOG_INFO : LOG_DEBUG;
+    log_write(l, buf, LF_S("source", "librdkafka"), LF_S("client", rd_kafka_name(rk)),
+              LF_S("facility", fac), LF_END);
+}
+
+static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
+    (void)opaque;
+    /* Most errors are informational: librdkafka recovers by itself (SPEC §6). */
+    enum log_level l = err == RD_KAFKA_RESP_ERR__FATAL ? LOG_ERROR : LOG_WARN;
+    log_write(l, "kafka client error", LF_S("client", rd_kafka_name(rk)),
+              LF_S("error", rd_kafka_err2name((rd_kafka_resp_err_t)err)), LF_S("reason", reason),
+              LF_END);
+}
+
+static int set(rd_kafka_conf_t *conf, const char *name, const char *value, char *errstr,
+               size_t errstr_size) {
+    char e[256];
+    if (rd_kafka_conf_set(conf, name, value, e, sizeof e) != RD_KAFKA_CONF_OK) {
+        /* The value is not echoed: it may be a secret. */
+        snprintf(errstr, errstr_size, "Kafka property %s: %s", name, e);
+        return -1;
+    }
+    return 0;
+}
+
+static rd_kafka_conf_t *base_conf(const mw_config *cfg, void *opaque, const char *const *defaults,
+                                  char *errstr, size_t errstr_size) {
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set_log_cb(conf, log_cb);
+    rd_kafka_conf_set_error_cb(conf, error_cb);
+    rd_kafka_conf_set_opaque(conf, opaque);
+    if (set(conf, "bootstrap.servers", cfg->kafka_brokers, errstr, errstr_size) ||
+        set(conf, "client.id", "metadata-worker", errstr, errstr_size))
+        goto fail;
+    for (int i = 0; defaults[i]; i += 2)
+        if (set(conf, defaults[i], defaults[i + 1], errstr, errstr_size)) goto fail;
+    for (int i = 0; i < cfg->n_props; i++)
+        if (set(conf, cfg->prop_names[i], cfg->prop_values[i], errstr, errstr_size)) goto fail;
+    return conf;
+fail:
+    rd_kafka_conf_destroy(conf);
+    return NULL;
+}
+
+rd_kafka_t *kafka_consumer_new(const mw_config *cfg, kafka_rebalance_fn rebalance, void *opaque,
+                               char *errstr, size_t errstr_size) {
+    static const char *const defaults[] = {
+        "partition.assignment.strategy", "cooperative-sticky",
+        /* Offsets are stored only after a message's rows are in PostgreSQL and its results
+         * acknowledged; librdkafka commits what is stored. */
+        "enable.auto.commit", "true",
+        "enable.auto.offset.store", "false",
+        "auto.commit.interval.ms", "1000",
+        "auto.offset.reset", "earliest",
+        /* Bounded prefetch keeps memory flat with a large backlog. */
+        "queued.max.messages.kbytes", "16384",
+        "fetch.wait.max.ms", "50",
+        "session.timeout.ms", "30000",
+        "max.poll.interval.ms", "300000",
+        NULL};
+    rd_kafka_conf_t *conf = base_conf(cfg, opaque, defaults, errstr, errstr_size);
+    if (!conf) return NULL;
+    if (set(conf, "group.id", cfg->group_id, errstr, errstr_size)) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    rd_kafka_conf_set_rebalance_cb(conf, rebalance);
+    char e[512];
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, e, sizeof e);
+    if (!rk) {
+        rd_kafka_conf_destroy(conf);
+        snprintf(errstr, errstr_size, "cannot create the Kafka consumer: %s", e);
+        return NULL;
+    }
+    /* conf is now owned, and freed, by rk. */
+    rd_kafka_poll_set_consumer(rk);
+    return rk;
+}
+
+rd_kafka_t *kafka_producer_new(const mw_config *cfg, kafka_dr_fn dr, void *opaque,
+                               char *errstr, size_t errstr_size) {
+    static const char *const defaults[] = {
+        "enable.idempotence", "true",
+        "acks", "all",
+        "linger.ms", "5",
+        "partitioner", "murmur2_random", /* the Java client's: same key, same partition */
+        "message.timeout.ms", "120000",
+        NULL};
+    rd_kafka_conf_t *conf = base_conf(cfg, opaque, defaults, errstr, errstr_size);
+    if (!conf) return NULL;
+    rd_kafka_conf_set_dr_msg_cb(conf, dr);
+    char e[512];
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, e, sizeof e);
+    if (!rk) {
+        rd_kafka_conf_destroy(conf);
+        snprintf(errstr, errstr_size, "cannot create the Kafka producer: %s", e);
+        return NULL;
+    }
+    return rk;
+}

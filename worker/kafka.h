@@ -1,0 +1,26 @@
+/*
+ * kafka: builds the worker's librdkafka clients from the configuration: the group consumer
+ * (cooperative-sticky, offsets stored by the worker only after results are acknowledged)
+ * and the idempotent producer of results and dead letters. librdkafka's own log lines are
+ * routed through common/log. -X properties are applied last, so they win.
+ *
+ * Ownership: the rd_kafka_conf_t built here is owned, and freed, by the rd_kafka_t that
+ * rd_kafka_new returns; the caller destroys that handle.
+ */
+#ifndef MW_KAFKA_H
+#define MW_KAFKA_H
+
+#include <librdkafka/rdkafka.h>
+
+#include "../common/config.h"
+
+typedef void (*kafka_rebalance_fn)(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                                   rd_kafka_topic_partition_list_t *parts, void *opaque);
+typedef void (*kafka_dr_fn)(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque);
+
+rd_kafka_t *kafka_consumer_new(const mw_config *cfg, kafka_rebalance_fn rebalance, void *opaque,
+                               char *errstr, size_t errstr_size);
+rd_kafka_t *kafka_producer_new(const mw_config *cfg, kafka_dr_fn dr, void *opaque,
+                               char *errstr, size_t errstr_size);
+
+#endif

@@ -1,0 +1,191 @@
+/*
+ * metadata-worker: ingests customer-metadata batches from Kafka into PostgreSQL.
+ *   metadata-worker [run]        consume, validate, upsert, publish results (default)
+ *   metadata-worker migrate      apply schemas/ to the database and exit
+ *   metadata-worker validate F   print the API response for one batch message (F or -)
+ * See README.md and SPEC §1.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../common/config.h"
+#include "../common/jsonw.h"
+#include "../common/log.h"
+#include "batch.h"
+#include "db.h"
+#include "ingest.h"
+#include "result.h"
+
+#ifndef MW_VERSION
+#define MW_VERSION "dev"
+#endif
+
+/* The only mutable global: cleared by SIGTERM/SIGINT. */
+static volatile sig_atomic_t run = 1;
+
+static void on_signal(int sig) {
+    (void)sig;
+    run = 0;
+}
+
+static void usage(FILE *out, const char *cmd) {
+    if (!cmd || strcmp(cmd, "run") == 0) {
+        fprintf(out,
+                "Usage: metadata-worker [run] [options] [-X name=value …]\n"
+                "Consumes batch messages, validates every item, upserts the valid ones into\n"
+                "PostgreSQL and publishes one result message per item. Stops cleanly on\n"
+                "SIGTERM or SIGINT.\n\n"
+                "Other commands: metadata-worker migrate | validate FILE|-  (each takes --help)\n\n");
+    } else if (strcmp(cmd, "migrate") == 0) {
+        fprintf(out, "Usage: metadata-worker migrate [options]\n"
+                     "Applies the schema (tables and functions) to DATABASE_URL and exits.\n"
+                     "Idempotent; safe to run from several hosts at once.\n\n");
+    } else {
+        fprintf(out, "Usage: metadata-worker validate [options] FILE|-\n"
+                     "Reads one batch message from FILE (or standard input with -) and prints\n"
+                     "the response the API would give: {\"errorCount\": N, \"results\": […]}.\n"
+                     "Touches nothing. Exit status 0 for a batch (whether or not items failed),\n"
+                     "1 when the input is not a batch at all, 2 on a usage error.\n\n");
+    }
+    config_usage(out);
+}
+
+static char *read_all(FILE *f, size_t *len) {
+    size_t cap = 65536, n = 0;
+    char *buf = malloc(cap);
+    if (!buf) return NULL;
+    for (;;) {
+        if (n == cap) {
+            char *b = realloc(buf, cap *= 2);
+            if (!b) { free(buf); return NULL; }
+            buf = b;
+        }
+        size_t r = fread(buf + n, 1, cap - n, f);
+        n += r;
+        if (r == 0) break;
+    }
+    if (ferror(f)) { free(buf); return NULL; }
+    *len = n;
+    return buf;
+}
+
+static int cmd_validate(const mw_config *cfg) {
+    if (cfg->n_args != 1) {
+        fprintf(stderr, "metadata-worker validate: expected one FILE (or - for standard input)\n");
+        return 2;
+    }
+    const char *path = cfg->args[0];
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "metadata-worker validate: %s: %s\n", path, strerror(errno));
+        return 2;
+    }
+    size_t len = 0;
+    char *buf = read_all(f, &len);
+    if (f != stdin) fclose(f);
+    if (!buf) {
+        fprintf(stderr, "metadata-worker validate: %s: cannot read\n", path);
+        return 2;
+    }
+    json_tokener *tok = batch_tokener_new();
+    mw_source src = {cfg->input_topic, 0, 0};
+    mw_batch b;
+    int rc = 2;
+    if (tok && batch_decode(&b, tok, buf, len, &src, cfg->max_batch_items) == 0) {
+        jsonw w;
+        jsonw_init(&w);
+        result_response(&w, &b);
+        if (!w.oom) {
+            fwrite(w.buf, 1, w.len, stdout);
+            fputc('\n', stdout);
+            rc = b.bad_request ? 1 : 0;
+        }
+        jsonw_free(&w);
+        batch_free(&b);
+    } else {
+        fprintf(stderr, "metadata-worker validate: out of memory\n");
+    }
+    if (tok) json_tokener_free(tok);
+    free(buf);
+    return rc;
+}
+
+static int cmd_migrate(const mw_config *cfg) {
+    mw_db *db = db_new(cfg);
+    if (!db) return 1;
+    char err[1024];
+    int applied = 0;
+    enum db_status st = DB_TRANSIENT;
+    /* PostgreSQL may still be starting (containers): retry for up to a minute. */
+    for (int attempt = 0; attempt < 60 && run; attempt++) {
+        st = db_migrate(db, &applied, err, sizeof err);
+        if (st != DB_TRANSIENT) break;
+        log_write(LOG_WARN, "waiting for PostgreSQL", LF_S("error", err), LF_END);
+        struct timespec ts = {1, 0};
+        nanosleep(&ts, NULL);
+    }
+    db_destroy(db);
+    if (st != DB_OK) {
+        log_write(LOG_ERROR, "migration failed", LF_S("error", err), LF_END);
+        return 1;
+    }
+    log_write(LOG_INFO, "schema up to date", LF_I("migrations_applied", applied), LF_END);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    const char *cmd = "run";
+    int first = 1;
+    if (argc > 1 && argv[1][0] != '-') {
+        cmd = argv[1];
+        first = 2;
+    }
+    if (strcmp(cmd, "run") && strcmp(cmd, "migrate") && strcmp(cmd, "validate")) {
+        fprintf(stderr, "metadata-worker: unknown command \"%s\" (run, migrate, validate; see --help)\n", cmd);
+        return 2;
+    }
+    if (argc > 1 && strcmp(argv[1], "--version") == 0) {
+        printf("metadata-worker %s\n", MW_VERSION);
+        return 0;
+    }
+    mw_config cfg;
+    char err[512];
+    int c = config_load(&cfg, argc - first, argv + first, err, sizeof err);
+    if (c == CONFIG_HELP) {
+        usage(stdout, first == 2 ? cmd : NULL);
+        config_free(&cfg);
+        return 0;
+    }
+    if (c != CONFIG_OK) {
+        fprintf(stderr, "metadata-worker: %s\n", err);
+        config_free(&cfg);
+        return 2;
+    }
+    log_set_level((enum log_level)cfg.log_level);
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    int rc;
+    if (strcmp(cmd, "validate") == 0) {
+        rc = cmd_validate(&cfg);
+    } else if (strcmp(cmd, "migrate") == 0) {
+        rc = cmd_migrate(&cfg);
+    } else if (cfg.n_args) {
+        fprintf(stderr, "metadata-worker run: unexpected argument \"%s\"\n", cfg.args[0]);
+        rc = 2;
+    } else {
+        rc = ingest_run(&cfg, &run);
+    }
+    config_free(&cfg);
+    return rc;
+}

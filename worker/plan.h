@@ -1,0 +1,55 @@
+/*
+ * plan: plans the upsert of one database transaction (SPEC §4). Valid items are added in
+ * the order they must apply (by offset within a partition, by index within a message);
+ * items for the same key are merged into one row exactly as applying them one after the
+ * other would (a field given replaces, absent/null keeps; attributes patches compose;
+ * eventId and source are the last item's). Pure: no I/O.
+ *
+ * Ownership: a plan borrows the items added to it (they must outlive it) and owns its rows
+ * and their composed attribute patches. plan_reset keeps the memory for the next batch.
+ */
+#ifndef MW_PLAN_H
+#define MW_PLAN_H
+
+#include "../common/jsonw.h"
+#include "batch.h"
+
+typedef struct mw_plan_item {
+    const mw_item *item;
+    int32_t partition;
+    int64_t offset;
+} mw_plan_item;
+
+typedef struct mw_row {
+    mw_str f[F_COUNT];
+    json_object *attrs;          /* composed patch (owned), or NULL */
+    const mw_plan_item *last;    /* the last item applied to this row */
+    uint64_t hash;
+} mw_row;
+
+typedef struct mw_plan {
+    mw_plan_item *items;
+    int n_items, cap_items;
+    mw_row *rows;
+    int n_rows, cap_rows;
+    int *slots;                  /* open addressing: row index + 1, 0 = empty */
+    size_t n_slots;
+} mw_plan;
+
+void plan_init(mw_plan *p);
+void plan_reset(mw_plan *p);
+void plan_free(mw_plan *p);
+
+/* Adds a valid item (item->error == NULL). Returns 0, or -1 when memory ran out. */
+int plan_add(mw_plan *p, const mw_item *item, int32_t partition, int64_t offset)
+    __attribute__((warn_unused_result));
+
+/* Merges the items added into rows, one per key. Returns 0, or -1 when memory ran out. */
+int plan_merge(mw_plan *p) __attribute__((warn_unused_result));
+
+/* The JSON documents the database functions take: the merged rows (after plan_merge), or
+ * every item on its own in order (the slow path that isolates rejected items). */
+void plan_rows_json(const mw_plan *p, jsonw *out);
+void plan_items_json(const mw_plan *p, jsonw *out);
+
+#endif
