@@ -15,7 +15,7 @@ LDLIBS    := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CMOCKA    := $(shell pkg-config --libs cmocka 2>/dev/null)
 SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-COMMON_SRC := common/log.c common/jsonw.c common/utf8.c common/config.c common/sqlstate.c
+COMMON_SRC := common/jsoncheck.c common/log.c common/jsonw.c common/utf8.c common/config.c common/sqlstate.c
 CORE_SRC   := worker/batch.c worker/plan.c worker/result.c
 IO_SRC     := worker/db.c worker/kafka.c worker/ingest.c
 LIB_OBJ    := $(patsubst %.c,$(B)/obj/%.o,$(COMMON_SRC) $(CORE_SRC) $(IO_SRC)) $(B)/obj/gen/schemas.o
@@ -25,11 +25,13 @@ UNIT_TESTS := test_utf8 test_batch test_plan test_result test_config test_sqlsta
 all: $(B)/metadata-worker
 
 $(B)/metadata-worker: $(B)/obj/worker/main.o $(LIB_OBJ)
-	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
+	@echo "  LINK $@"
+	@$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 
 $(B)/obj/%.o: %.c $(wildcard common/*.h worker/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+	@echo "  CC   $@"
+	@$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
 $(B)/gen/schemas.c: schemas/embed.sh $(sort $(wildcard schemas/[0-9]*.sql))
 	@mkdir -p $(dir $@)
@@ -37,11 +39,13 @@ $(B)/gen/schemas.c: schemas/embed.sh $(sort $(wildcard schemas/[0-9]*.sql))
 
 $(B)/obj/gen/schemas.o: $(B)/gen/schemas.c worker/schemas.h
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+	@echo "  CC   $@"
+	@$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
 $(B)/tests/%: tests/unit/%.c $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS) $(CMOCKA)
+	@echo "  LINK $@"
+	@$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS) $(CMOCKA)
 
 asan:
 	$(MAKE) B=build/asan SAN_CFLAGS="$(SAN_FLAGS)" CFLAGS="-O1 -g" all $(addprefix build/asan/tests/,$(UNIT_TESTS))

@@ -148,11 +148,11 @@ int config_load(mw_config *c, int argc, char **argv, char *errstr, size_t errstr
             if (add_prop(c, nv, errstr, errstr_size) != CONFIG_OK) return CONFIG_ERR;
             continue;
         }
-        if (strncmp(a, "--", 2) != 0 || strcmp(a, "-") == 0) {
-            if (strcmp(a, "--") == 0) {
-                while (++i < argc) c->args[c->n_args++] = argv[i];
-                break;
-            }
+        if (strcmp(a, "--") == 0) { /* the rest is positional */
+            while (++i < argc) c->args[c->n_args++] = argv[i];
+            break;
+        }
+        if (strncmp(a, "--", 2) != 0) {
             c->args[c->n_args++] = argv[i];
             continue;
         }

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <uuid/uuid.h>
 
+#include "../common/jsoncheck.h"
 #include "../common/utf8.h"
 
 const mw_field_def batch_fields[F_COUNT] = {
@@ -223,23 +224,26 @@ int batch_decode(mw_batch *b, json_tokener *tok, const void *buf, size_t len,
         rc = bad_request(b, "message is too large");
         goto done;
     }
+    const char *why = NULL;
+    size_t at = 0;
+    if (!jsoncheck_valid(s, len, JSON_MAX_DEPTH, &why, &at)) {
+        rc = bad_request(b, "message is not valid JSON: %s at byte %zu", why, at);
+        goto done;
+    }
+    /* The syntax is known good: json-c only builds the tree. */
     json_tokener_reset(tok);
     b->root = json_tokener_parse_ex(tok, s, (int)len);
     enum json_tokener_error jerr = json_tokener_get_error(tok);
-    if (!b->root || jerr != json_tokener_success) {
-        if (jerr == json_tokener_continue) jerr = json_tokener_error_parse_eof;
-        rc = bad_request(b, "message is not valid JSON: %s at byte %zu",
-                         json_tokener_error_desc(jerr), json_tokener_get_parse_end(tok));
+    if (jerr != json_tokener_success && jerr != json_tokener_continue) {
+        rc = bad_request(b, "message is not valid JSON: %s", json_tokener_error_desc(jerr));
         goto done;
     }
-    /* Anything but white space after the document is not JSON either. */
-    for (size_t i = json_tokener_get_parse_end(tok); i < len; i++) {
-        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\n' && s[i] != '\r') {
-            rc = bad_request(b, "message is not valid JSON: unexpected data after the document at byte %zu", i);
-            goto done;
-        }
+    if (!b->root && jerr == json_tokener_continue) {
+        /* A bare scalar at the very end of the buffer: valid JSON, but not an object. */
+        rc = bad_request(b, "message must be a JSON object with an items array");
+        goto done;
     }
-    if (!json_object_is_type(b->root, json_type_object)) {
+    if (!b->root || !json_object_is_type(b->root, json_type_object)) {
         rc = bad_request(b, "message must be a JSON object with an items array");
         goto done;
     }

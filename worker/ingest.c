@@ -611,6 +611,41 @@ static bool wait_for_database(ingest *ing) {
     }
 }
 
+/* Commits the stored offsets and leaves the group, within a bounded time even when the
+ * brokers are unreachable (rd_kafka_consumer_close alone may wait for them for ever). */
+static void close_consumer(ingest *ing) {
+    for (int i = 0; i < ing->n_pend; i++) pend_release(&ing->pend[i]);
+    ing->n_pend = 0;
+    rd_kafka_queue_t *q = rd_kafka_queue_new(ing->consumer);
+    rd_kafka_error_t *error = rd_kafka_consumer_close_queue(ing->consumer, q);
+    int flags = 0;
+    if (error) {
+        log_write(LOG_WARN, "consumer close failed", LF_S("error", rd_kafka_error_string(error)), LF_END);
+        rd_kafka_error_destroy(error);
+        flags = RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE;
+    } else {
+        int64_t end = now_ms() + 10000;
+        while (!rd_kafka_consumer_closed(ing->consumer)) {
+            if (now_ms() >= end) {
+                log_write(LOG_WARN, "could not leave the group in time: closing anyway", LF_END);
+                flags = RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE;
+                break;
+            }
+            /* The rebalance callback is served here (revoke, commit). */
+            rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 100);
+            if (ev) {
+                if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE)
+                    on_rebalance(ing->consumer, rd_kafka_event_error(ev),
+                                 rd_kafka_event_topic_partition_list(ev), ing);
+                rd_kafka_event_destroy(ev);
+            }
+        }
+    }
+    rd_kafka_queue_destroy(q);
+    rd_kafka_destroy_flags(ing->consumer, flags);
+    ing->consumer = NULL;
+}
+
 int ingest_run(const mw_config *cfg, volatile sig_atomic_t *run) {
     ingest ing_s;
     ingest *ing = &ing_s;
@@ -674,13 +709,7 @@ int ingest_run(const mw_config *cfg, volatile sig_atomic_t *run) {
     log_write(LOG_INFO, "stopping: committing and leaving the group", LF_END);
 
 done:
-    if (ing->consumer) {
-        /* Commits the stored offsets and leaves the group. */
-        rd_kafka_consumer_close(ing->consumer);
-        for (int i = 0; i < ing->n_pend; i++) pend_release(&ing->pend[i]);
-        ing->n_pend = 0;
-        rd_kafka_destroy(ing->consumer);
-    }
+    if (ing->consumer) close_consumer(ing);
     if (ing->producer) {
         rd_kafka_flush(ing->producer, 5000);
         rd_kafka_destroy(ing->producer);

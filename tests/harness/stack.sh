@@ -31,7 +31,8 @@ pg_stop() { as_pg "$pgbin/pg_ctl" -D "$dir/pg/data" -m fast -w stop >/dev/null 2
 kafka_start() {
   # shellcheck disable=SC1091
   . "$dir/env"
-  (cd "$dir/kafka" && exec java -Xms128m -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+  # Its own session: a Ctrl-C meant for the worker (make run) must not stop the broker.
+  (cd "$dir/kafka" && exec setsid java -Xms128m -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
       -Dlog4j2.configurationFile="$dir/kafka/log4j2.properties" \
       -cp "$KAFKA_LIBS/*" kafka.Kafka server.properties >"$dir/kafka/log" 2>&1) &
   echo $! >"$dir/kafka/pid"

@@ -1,0 +1,180 @@
+"""Helpers for the end-to-end tests: a real Kafka broker and PostgreSQL started by
+tests/harness/stack.sh (their addresses come from its env file), one set of topics and one
+database per test, and the worker binary under test (MW_BIN) run as a child process.
+
+Run with Debian's /usr/bin/python3 (python3-confluent-kafka, python3-psycopg2)."""
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import unittest
+import uuid
+
+import psycopg2
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("MW_BIN", os.path.join(ROOT, "build", "metadata-worker"))
+BROKERS = os.environ.get("KAFKA_BROKERS")
+EXAMPLE = os.path.join(ROOT, "schemas", "example-request.json")
+
+
+def pg_admin():
+    conn = psycopg2.connect(dbname="postgres")
+    conn.autocommit = True
+    return conn
+
+
+class Worker:
+    """One metadata-worker process; its JSON log lines are kept in a file."""
+
+    def __init__(self, env, args=("run",), name="worker"):
+        self.log = tempfile.NamedTemporaryFile(prefix=f"mw-{name}-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen([BIN, *args], env=env, stdout=subprocess.DEVNULL,
+                                     stderr=self.log)
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        """Sends sig and waits; returns the exit status and the seconds taken."""
+        t0 = time.monotonic()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout=timeout)
+        return rc, time.monotonic() - t0
+
+    def lines(self):
+        with open(self.log.name, "rb") as f:
+            return f.read().decode("utf-8", "replace").splitlines()
+
+    def dump(self):
+        return "\n".join(self.lines()[-60:])
+
+
+class E2ECase(unittest.TestCase):
+    """Gives each test its own topics, consumer group and database."""
+
+    partitions = 3
+
+    def setUp(self):
+        if not BROKERS:
+            self.fail("KAFKA_BROKERS is not set: run through tests/run-all.sh (it starts the stack)")
+        self.id_ = uuid.uuid4().hex[:10]
+        self.topic = f"in-{self.id_}"
+        self.results_topic = f"res-{self.id_}"
+        self.dlq_topic = f"dlq-{self.id_}"
+        self.group = f"grp-{self.id_}"
+        self.dbname = f"mw_{self.id_}"
+        admin = AdminClient({"bootstrap.servers": BROKERS})
+        fs = admin.create_topics([NewTopic(self.topic, self.partitions, 1),
+                                  NewTopic(self.results_topic, 3, 1),
+                                  NewTopic(self.dlq_topic, 1, 1)])
+        for f in fs.values():
+            f.result(30)
+        admin_db = pg_admin()
+        admin_db.cursor().execute(f'CREATE DATABASE "{self.dbname}"')
+        admin_db.close()
+        self.env = dict(os.environ)
+        self.env.update({
+            "KAFKA_BROKERS": BROKERS, "KAFKA_GROUP_ID": self.group,
+            "KAFKA_INPUT_TOPIC": self.topic, "KAFKA_RESULTS_TOPIC": self.results_topic,
+            "KAFKA_DLQ_TOPIC": self.dlq_topic, "LOG_LEVEL": "info",
+            "DATABASE_URL": "postgresql://%s@%s:%s/%s" % (
+                os.environ.get("PGUSER", "postgres"), os.environ.get("PGHOST", "127.0.0.1"),
+                os.environ.get("PGPORT", "5432"), self.dbname),
+        })
+        self.workers = []
+        self.producer = Producer({"bootstrap.servers": BROKERS, "enable.idempotence": True})
+        self.migrate()
+        self.db = psycopg2.connect(self.env["DATABASE_URL"])
+        self.db.autocommit = True
+
+    def tearDown(self):
+        for w in self.workers:
+            if w.proc.poll() is None:
+                w.proc.kill()
+                w.proc.wait()
+        # Under the sanitizer build, any report fails the test (the worker's stderr).
+        for w in self.workers:
+            bad = [l for l in w.lines() if "Sanitizer" in l or "runtime error:" in l]
+            self.assertEqual(bad, [], "sanitizer report:\n" + w.dump())
+        self.db.close()
+        admin_db = pg_admin()
+        admin_db.cursor().execute(f'DROP DATABASE IF EXISTS "{self.dbname}" WITH (FORCE)')
+        admin_db.close()
+
+    # -- worker --
+    def migrate(self):
+        r = subprocess.run([BIN, "migrate"], env=self.env, capture_output=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr.decode())
+
+    def start_worker(self, extra_env=None, name="worker"):
+        env = dict(self.env)
+        env.update(extra_env or {})
+        w = Worker(env, name=name)
+        self.workers.append(w)
+        return w
+
+    def stop_worker(self, w, sig=signal.SIGTERM):
+        rc, secs = w.stop(sig)
+        if sig == signal.SIGTERM:
+            self.assertEqual(rc, 0, "worker did not exit 0 on SIGTERM:\n" + w.dump())
+        return rc, secs
+
+    # -- kafka --
+    def produce(self, value, partition=None, key=None):
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value)
+        if isinstance(value, str):
+            value = value.encode()
+        kw = {"key": key}
+        if partition is not None:
+            kw["partition"] = partition
+        self.producer.produce(self.topic, value, **kw)
+        self.producer.flush(30)
+
+    def consume_all(self, topic, expected, timeout=60, exact_wait=0.0):
+        """Reads topic from the beginning until `expected` messages arrived (then waits
+        exact_wait more seconds for unexpected extra ones) or timeout."""
+        c = Consumer({"bootstrap.servers": BROKERS, "group.id": f"reader-{uuid.uuid4().hex}",
+                      "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        c.subscribe([topic])
+        out = []
+        deadline = time.monotonic() + timeout
+        extra_until = None
+        try:
+            while time.monotonic() < deadline:
+                m = c.poll(0.2)
+                if m is not None and not m.error():
+                    out.append(m)
+                if len(out) >= expected:
+                    if extra_until is None:
+                        extra_until = time.monotonic() + exact_wait
+                    if time.monotonic() >= extra_until:
+                        break
+        finally:
+            c.close()
+        return out
+
+    def results(self, expected, timeout=60, exact_wait=0.0):
+        msgs = self.consume_all(self.results_topic, expected, timeout, exact_wait)
+        return [json.loads(m.value()) for m in msgs]
+
+    def wait_results(self, expected, worker, timeout=60, exact_wait=0.0):
+        res = self.results(expected, timeout, exact_wait)
+        self.assertGreaterEqual(len(res), expected,
+                                f"only {len(res)} of {expected} results; worker log:\n" + worker.dump())
+        return res
+
+    # -- postgres --
+    def query(self, sql, *args):
+        with self.db.cursor() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall() if cur.description else None
+
+    def rows(self):
+        cols = ("external_customer_id, external_conversation_id, event_id, status, phone_number, "
+                "email_address, user_id, address_country, address_state, address_zipcode, attributes")
+        return {(r[0], r[1]): r for r in self.query(f"SELECT {cols} FROM customer_metadata")}

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# `make test`: installs what is missing, builds the normal and the sanitizer (ASan+UBSan)
+# builds, runs the unit tests of both, starts a throwaway PostgreSQL and Kafka broker, runs
+# the end-to-end suite against each build, and stops the stack. Prints one summary line.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+py=/usr/bin/python3   # Debian's, which has python3-confluent-kafka and python3-psycopg2
+
+bash tests/harness/deps.sh all >/dev/null || { echo "test: installing dependencies failed" >&2; exit 1; }
+
+passed=0 failed=0 failures=()
+step() { # step NAME COMMAND...
+  local name=$1; shift
+  echo "=== $name"
+  if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); failures+=("$name"); fi
+}
+
+make -s all || exit 1
+make -s asan >/dev/null || exit 1
+
+unit_tests() { # unit_tests DIR
+  local ok=0
+  for t in "$1"/tests/test_*; do "$t" || ok=1; done
+  return $ok
+}
+step "unit tests" unit_tests build
+step "unit tests (asan)" env ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 unit_tests build/asan
+
+stack=$(mktemp -d /tmp/mw-stack.XXXXXX)
+trap 'bash tests/harness/stack.sh stop "$stack"' EXIT
+bash tests/harness/stack.sh start "$stack" || { echo "test: could not start the stack" >&2; exit 1; }
+# shellcheck disable=SC1091
+. "$stack/env"
+
+step "end-to-end" env MW_BIN="$root/build/metadata-worker" \
+  $py -m unittest discover -s tests/e2e -p 'test_*.py' -v
+step "end-to-end (asan)" env MW_BIN="$root/build/asan/metadata-worker" \
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+  $py -m unittest discover -s tests/e2e -p 'test_*.py' -v
+if [ -d tests/compose ]; then
+  step "containers and schemas" $py -m unittest discover -s tests/compose -p 'test_*.py' -v
+fi
+
+echo
+[ $failed -gt 0 ] && echo "failed: ${failures[*]}"
+echo "$passed passed, $failed failed"
+[ $failed -eq 0 ]

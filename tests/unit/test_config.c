@@ -1,0 +1,428 @@
+/*
+ * Unit tests of common/config: defaults, environment variables, flags over the environment
+ * (--name value and --name=value), -X name=value pass-through, positional arguments, errors.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../common/config.h"
+#include "../../common/log.h"
+
+#define N(a) (sizeof(a) / sizeof((a)[0]))
+
+static const char *const all_env[] = {
+    "KAFKA_BROKERS", "KAFKA_GROUP_ID", "KAFKA_INPUT_TOPIC", "KAFKA_RESULTS_TOPIC",
+    "KAFKA_DLQ_TOPIC", "DATABASE_URL", "METRICS_ADDR", "LOG_LEVEL", "MAX_BATCH_ITEMS",
+    "TXN_MAX_ITEMS", "TXN_MAX_WAIT_MS", "SHUTDOWN_TIMEOUT_MS", "RETRY_MAX_MS",
+};
+
+/* Every test starts (and ends) with none of the settings in the environment. */
+static int clear_env(void **state) {
+    (void)state;
+    for (size_t i = 0; i < N(all_env); i++) unsetenv(all_env[i]);
+    return 0;
+}
+
+/* Loads argv (NULL-terminated list) into *c; returns the config_load status. */
+static int load(mw_config *c, char *err, size_t errsz, char **argv) {
+    int argc = 0;
+    while (argv[argc]) argc++;
+    err[0] = '\0';
+    return config_load(c, argc, argv, err, errsz);
+}
+
+#define ARGV(...) ((char *[]){__VA_ARGS__, NULL})
+#define NOARGS ((char *[]){NULL})
+
+/* ---- the settings table -------------------------------------------------------------- */
+
+enum kind { STR, INT };
+
+typedef struct setting_row {
+    const char *env, *flag;
+    enum kind kind;
+    size_t off;
+    const char *def;     /* STR default (NULL: unset) */
+    int idef;            /* INT default */
+    const char *val;     /* a valid non-default value */
+    int ival;
+    const char *other;   /* another valid value (the variable a flag overrides) */
+} setting_row;
+
+#define OFF(f) offsetof(mw_config, f)
+
+static const setting_row settings[] = {
+    {"KAFKA_BROKERS", "--kafka-brokers", STR, OFF(kafka_brokers), "localhost:9092", 0,
+     "k1:9092,k2:9092", 0, "env:9092"},
+    {"KAFKA_GROUP_ID", "--kafka-group-id", STR, OFF(group_id), "customer-metadata-ingest", 0,
+     "grp", 0, "env-grp"},
+    {"KAFKA_INPUT_TOPIC", "--kafka-input-topic", STR, OFF(input_topic),
+     "customer-metadata.batches", 0, "in", 0, "env-in"},
+    {"KAFKA_RESULTS_TOPIC", "--kafka-results-topic", STR, OFF(results_topic),
+     "customer-metadata.results", 0, "out", 0, "env-out"},
+    {"KAFKA_DLQ_TOPIC", "--kafka-dlq-topic", STR, OFF(dlq_topic), "customer-metadata.dlq", 0,
+     "dead", 0, "env-dead"},
+    {"DATABASE_URL", "--database-url", STR, OFF(database_url), NULL, 0,
+     "postgresql://u:p@db:5432/x?sslmode=require", 0, "host=env"},
+    {"METRICS_ADDR", "--metrics-addr", STR, OFF(metrics_addr), NULL, 0,
+     "0.0.0.0:9100", 0, "127.0.0.1:1"},
+    {"LOG_LEVEL", "--log-level", INT, OFF(log_level), NULL, LOG_INFO,
+     "debug", LOG_DEBUG, "error"},
+    {"MAX_BATCH_ITEMS", "--max-batch-items", INT, OFF(max_batch_items), NULL, 10000,
+     "77", 77, "42"},
+    {"TXN_MAX_ITEMS", "--txn-max-items", INT, OFF(txn_max_items), NULL, 5000,
+     "123", 123, "42"},
+    {"TXN_MAX_WAIT_MS", "--txn-max-wait-ms", INT, OFF(txn_max_wait_ms), NULL, 50,
+     "0", 0, "42"},
+    {"SHUTDOWN_TIMEOUT_MS", "--shutdown-timeout-ms", INT, OFF(shutdown_timeout_ms), NULL, 20000,
+     "1500", 1500, "42"},
+    {"RETRY_MAX_MS", "--retry-max-ms", INT, OFF(retry_max_ms), NULL, 5000,
+     "60000", 60000, "42"},
+};
+
+static const char *get_str(const mw_config *c, const setting_row *s) {
+    return *(char *const *)((const char *)c + s->off);
+}
+
+static int get_int(const mw_config *c, const setting_row *s) {
+    return *(const int *)((const char *)c + s->off);
+}
+
+/* Checks that setting s holds its default (want_default) or its test value. */
+static void expect_setting(const mw_config *c, const setting_row *s, bool want_default,
+                           const char *how) {
+    if (s->kind == STR) {
+        const char *want = want_default ? s->def : s->val, *got = get_str(c, s);
+        if (want == NULL ? got != NULL : (got == NULL || strcmp(got, want) != 0)) {
+            print_error("%s (%s): got \"%s\", expected \"%s\"\n", s->env, how,
+                        got ? got : "(null)", want ? want : "(null)");
+            fail();
+        }
+    } else {
+        int want = want_default ? s->idef : s->ival, got = get_int(c, s);
+        if (got != want) {
+            print_error("%s (%s): got %d, expected %d\n", s->env, how, got, want);
+            fail();
+        }
+    }
+}
+
+static void test_defaults(void **state) {
+    (void)state;
+    mw_config c;
+    char err[256];
+    assert_int_equal(load(&c, err, sizeof err, NOARGS), CONFIG_OK);
+    for (size_t i = 0; i < N(settings); i++) expect_setting(&c, &settings[i], true, "default");
+    assert_int_equal(c.n_props, 0);
+    assert_int_equal(c.n_args, 0);
+    config_free(&c);
+}
+
+/* Each variable alone sets its setting and leaves the others at their defaults. */
+static void test_env(void **state) {
+    (void)state;
+    for (size_t i = 0; i < N(settings); i++) {
+        clear_env(NULL);
+        setenv(settings[i].env, settings[i].val, 1);
+        mw_config c;
+        char err[256];
+        int rc = load(&c, err, sizeof err, NOARGS);
+        if (rc != CONFIG_OK) {
+            print_error("%s=%s: config_load %d: %s\n", settings[i].env, settings[i].val, rc, err);
+            fail();
+        }
+        for (size_t k = 0; k < N(settings); k++)
+            expect_setting(&c, &settings[k], k != i, "environment");
+        config_free(&c);
+    }
+    clear_env(NULL);
+}
+
+/* An empty variable counts as unset. */
+static void test_env_empty_is_unset(void **state) {
+    (void)state;
+    for (size_t i = 0; i < N(settings); i++) setenv(settings[i].env, "", 1);
+    mw_config c;
+    char err[256];
+    assert_int_equal(load(&c, err, sizeof err, NOARGS), CONFIG_OK);
+    for (size_t i = 0; i < N(settings); i++) expect_setting(&c, &settings[i], true, "empty env");
+    config_free(&c);
+}
+
+/* A flag, in both forms, wins over its variable (set to a different valid value). */
+static void test_flag_over_env(void **state) {
+    (void)state;
+    for (size_t i = 0; i < N(settings); i++) {
+        const setting_row *s = &settings[i];
+        for (int form = 0; form < 3; form++) {
+            clear_env(NULL);
+            /* form 2: no variable at all. */
+            if (form < 2) setenv(s->env, s->other, 1);
+            mw_config c;
+            char err[256], joined[256];
+            int rc;
+            if (form == 1) {
+                snprintf(joined, sizeof joined, "%s=%s", s->flag, s->val);
+                rc = load(&c, err, sizeof err, ARGV(joined));
+            } else {
+                rc = load(&c, err, sizeof err, ARGV((char *)s->flag, (char *)s->val));
+            }
+            if (rc != CONFIG_OK) {
+                print_error("%s form %d: config_load %d: %s\n", s->flag, form, rc, err);
+                fail();
+            }
+            expect_setting(&c, s, false, form == 1 ? "--flag=value" : "--flag value");
+            config_free(&c);
+        }
+    }
+    clear_env(NULL);
+}
+
+/* The last of a repeated flag wins. */
+static void test_flag_repeated(void **state) {
+    (void)state;
+    mw_config c;
+    char err[256];
+    assert_int_equal(load(&c, err, sizeof err,
+                          ARGV("--kafka-brokers", "a:1", "--kafka-brokers=b:2",
+                               "--max-batch-items", "5", "--max-batch-items=6")),
+                     CONFIG_OK);
+    assert_string_equal(c.kafka_brokers, "b:2");
+    assert_int_equal(c.max_batch_items, 6);
+    config_free(&c);
+}
+
+static void test_log_levels(void **state) {
+    (void)state;
+    static const struct {
+        const char *v;
+        int want;
+    } rows[] = {{"debug", LOG_DEBUG}, {"info", LOG_INFO}, {"warn", LOG_WARN},
+                {"warning", LOG_WARN}, {"error", LOG_ERROR}};
+    for (size_t i = 0; i < N(rows); i++) {
+        mw_config c;
+        char err[256];
+        assert_int_equal(load(&c, err, sizeof err, ARGV("--log-level", (char *)rows[i].v)),
+                         CONFIG_OK);
+        assert_int_equal(c.log_level, rows[i].want);
+        config_free(&c);
+    }
+}
+
+/* ---- -X name=value ------------------------------------------------------------------- */
+
+static void test_props_in_order(void **state) {
+    (void)state;
+    mw_config c;
+    char err[256];
+    assert_int_equal(load(&c, err, sizeof err,
+                          ARGV("-X", "security.protocol=SASL_SSL", "-Xsasl.mechanisms=PLAIN",
+                               "--kafka-brokers", "b:1", "-X", "sasl.password=p=q",
+                               "-X", "empty.value=", "-X", "security.protocol=SSL")),
+                     CONFIG_OK);
+    static const char *const names[] = {"security.protocol", "sasl.mechanisms", "sasl.password",
+                                        "empty.value", "security.protocol"};
+    static const char *const values[] = {"SASL_SSL", "PLAIN", "p=q", "", "SSL"};
+    assert_int_equal(c.n_props, (int)N(names));
+    for (int i = 0; i < c.n_props; i++) {
+        assert_string_equal(c.prop_names[i], names[i]);
+        assert_string_equal(c.prop_values[i], values[i]);
+    }
+    assert_string_equal(c.kafka_brokers, "b:1");
+    assert_int_equal(c.n_args, 0);
+    config_free(&c);
+}
+
+static const struct {
+    const char *name;
+    char *argv[4];
+} bad_props[] = {
+    {"-X at the end", {"-X", NULL}},
+    {"-X without =", {"-X", "s3cr3t", NULL}},
+    {"-X with empty name", {"-X", "=s3cr3t", NULL}},
+    {"-Xname without =", {"-Xs3cr3t", NULL}},
+};
+
+/* A malformed -X is an error that does not echo the argument (it may be a secret). */
+static void test_props_errors(void **state) {
+    (void)state;
+    for (size_t i = 0; i < N(bad_props); i++) {
+        mw_config c;
+        char err[256];
+        int rc = load(&c, err, sizeof err, (char **)bad_props[i].argv);
+        if (rc != CONFIG_ERR || strstr(err, "-X") == NULL || strstr(err, "s3cr3t") != NULL) {
+            print_error("%s: rc %d, err \"%s\"\n", bad_props[i].name, rc, err);
+            fail();
+        }
+        config_free(&c);
+    }
+}
+
+/* ---- positional arguments, --help, errors -------------------------------------------- */
+
+static void test_positional(void **state) {
+    (void)state;
+    mw_config c;
+    char err[256];
+    assert_int_equal(load(&c, err, sizeof err,
+                          ARGV("first.json", "--log-level", "warn", "-", "--kafka-brokers=x:1",
+                               "second")),
+                     CONFIG_OK);
+    static const char *const want[] = {"first.json", "-", "second"};
+    assert_int_equal(c.n_args, (int)N(want));
+    for (int i = 0; i < c.n_args; i++) assert_string_equal(c.args[i], want[i]);
+    assert_int_equal(c.log_level, LOG_WARN);
+    assert_string_equal(c.kafka_brokers, "x:1");
+    assert_int_equal(c.n_props, 0);
+    config_free(&c);
+}
+
+/*
+ * BUG (common/config.c, config_load): "--" should end the options (the code has a branch for
+ * it, and `validate -- -file.json` is the usual way to name a file that starts with '-'), but
+ * that branch is only reached for arguments that do not start with "--", so "--" itself is
+ * reported as "unknown option --". This test asserts the intended behaviour.
+ */
+static void test_double_dash_ends_options(void **state) {
+    (void)state;
+    mw_config c;
+    char err[256];
+    int rc = load(&c, err, sizeof err,
+                  ARGV("--log-level", "warn", "file", "--", "--not-a-flag", "-X", "--help"));
+    static const char *const want[] = {"file", "--not-a-flag", "-X", "--help"};
+    bool args_ok = rc == CONFIG_OK && c.n_args == (int)N(want) && c.n_props == 0 &&
+                   c.log_level == LOG_WARN;
+    for (int i = 0; args_ok && i < c.n_args; i++) args_ok = strcmp(c.args[i], want[i]) == 0;
+    config_free(&c); /* before asserting: a failure must not also report a leak */
+    if (rc != CONFIG_OK) print_error("config_load: %d \"%s\"\n", rc, err);
+    assert_int_equal(rc, CONFIG_OK);
+    assert_true(args_ok);
+}
+
+static void test_help(void **state) {
+    (void)state;
+    char *const *const rows[] = {
+        (char *[]){"--help", NULL},
+        (char *[]){"-h", NULL},
+        (char *[]){"--kafka-brokers", "x:1", "file", "--help", NULL},
+    };
+    for (size_t i = 0; i < N(rows); i++) {
+        mw_config c;
+        char err[256];
+        assert_int_equal(load(&c, err, sizeof err, (char **)rows[i]), CONFIG_HELP);
+        config_free(&c);
+    }
+}
+
+static const struct {
+    const char *name;
+    const char *env, *env_value; /* a variable to set first, or NULL */
+    char *argv[4];
+    const char *must_name;       /* errstr must contain this */
+} errors[] = {
+    {"unknown option", NULL, NULL, {"--bogus", NULL}, "--bogus"},
+    {"unknown option with =", NULL, NULL, {"--bogus=1", NULL}, "--bogus"},
+    {"unknown option after a good one", NULL, NULL, {"--log-level", "info", "--nope", NULL},
+     "--nope"},
+    {"flag without value", NULL, NULL, {"--kafka-brokers", NULL}, "--kafka-brokers"},
+    {"empty string flag", NULL, NULL, {"--kafka-brokers=", NULL}, "KAFKA_BROKERS"},
+    {"bad integer env", "MAX_BATCH_ITEMS", "abc", {NULL}, "MAX_BATCH_ITEMS"},
+    {"integer env with suffix", "MAX_BATCH_ITEMS", "10x", {NULL}, "MAX_BATCH_ITEMS"},
+    {"integer env below min", "MAX_BATCH_ITEMS", "0", {NULL}, "MAX_BATCH_ITEMS"},
+    {"integer env above max", "MAX_BATCH_ITEMS", "1000001", {NULL}, "MAX_BATCH_ITEMS"},
+    {"integer env overflow", "MAX_BATCH_ITEMS", "99999999999999999999", {NULL},
+     "MAX_BATCH_ITEMS"},
+    {"negative integer env", "TXN_MAX_WAIT_MS", "-1", {NULL}, "TXN_MAX_WAIT_MS"},
+    {"bad integer flag", NULL, NULL, {"--max-batch-items", "many", NULL}, "MAX_BATCH_ITEMS"},
+    {"empty integer flag", NULL, NULL, {"--max-batch-items=", NULL}, "MAX_BATCH_ITEMS"},
+    {"float integer flag", NULL, NULL, {"--txn-max-items=1.5", NULL}, "TXN_MAX_ITEMS"},
+    {"retry below min", NULL, NULL, {"--retry-max-ms=9", NULL}, "RETRY_MAX_MS"},
+    {"bad log level env", "LOG_LEVEL", "loud", {NULL}, "LOG_LEVEL"},
+    {"bad log level flag", NULL, NULL, {"--log-level=verbose", NULL}, "LOG_LEVEL"},
+    {"bad flag over good env", "MAX_BATCH_ITEMS", "5", {"--max-batch-items=x", NULL},
+     "MAX_BATCH_ITEMS"},
+};
+
+static void test_errors(void **state) {
+    (void)state;
+    for (size_t i = 0; i < N(errors); i++) {
+        clear_env(NULL);
+        if (errors[i].env) setenv(errors[i].env, errors[i].env_value, 1);
+        mw_config c;
+        char err[256];
+        int rc = load(&c, err, sizeof err, (char **)errors[i].argv);
+        if (rc != CONFIG_ERR || strstr(err, errors[i].must_name) == NULL) {
+            print_error("%s: rc %d, err \"%s\" (expected CONFIG_ERR naming %s)\n",
+                        errors[i].name, rc, err, errors[i].must_name);
+            fail();
+        }
+        config_free(&c); /* what main does after an error: must be safe */
+    }
+    clear_env(NULL);
+}
+
+/* Integer bounds are inclusive. */
+static void test_int_bounds(void **state) {
+    (void)state;
+    mw_config c;
+    char err[256];
+    assert_int_equal(load(&c, err, sizeof err,
+                          ARGV("--max-batch-items=1", "--txn-max-items=1000000",
+                               "--txn-max-wait-ms=60000", "--retry-max-ms=10")),
+                     CONFIG_OK);
+    assert_int_equal(c.max_batch_items, 1);
+    assert_int_equal(c.txn_max_items, 1000000);
+    assert_int_equal(c.txn_max_wait_ms, 60000);
+    assert_int_equal(c.retry_max_ms, 10);
+    config_free(&c);
+    assert_int_equal(load(&c, err, sizeof err, ARGV("--max-batch-items=1000000")), CONFIG_OK);
+    assert_int_equal(c.max_batch_items, 1000000);
+    config_free(&c);
+}
+
+/* The usage lists every flag and variable but never a current value (they may be secrets). */
+static void test_usage(void **state) {
+    (void)state;
+    setenv("DATABASE_URL", "postgresql://u:hunter2@db/x", 1);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    assert_non_null(f);
+    config_usage(f);
+    fclose(f);
+    for (size_t i = 0; i < N(settings); i++) {
+        assert_non_null(strstr(text, settings[i].env));
+        assert_non_null(strstr(text, settings[i].flag));
+    }
+    assert_non_null(strstr(text, "-X"));
+    assert_null(strstr(text, "hunter2"));
+    free(text);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_defaults, clear_env, clear_env),
+        cmocka_unit_test_setup_teardown(test_env, clear_env, clear_env),
+        cmocka_unit_test_setup_teardown(test_env_empty_is_unset, clear_env, clear_env),
+        cmocka_unit_test_setup_teardown(test_flag_over_env, clear_env, clear_env),
+        cmocka_unit_test_setup_teardown(test_flag_repeated, clear_env, clear_env),
+        cmocka_unit_test_setup_teardown(test_log_levels, clear_env, clear_env),
+        cmocka_unit_test_setup_teardown(test_props_in_order, clear_env, clear_env),
+        cmocka_unit_test_setup_teardown(test_props_errors, clear_env, clear_env),
+        cmocka_unit_test_setup_teardown(test_positional, clear_env, clear_env),
+        cmocka_unit_test_setup_teardown(test_double_dash_ends_options, clear_env, clear_env),
+        cmocka_unit_test_setup_teardown(test_help, clear_env, clear_env),
+        cmocka_unit_test_setup_teardown(test_errors, clear_env, clear_env),
+        cmocka_unit_test_setup_teardown(test_int_bounds, clear_env, clear_env),
+        cmocka_unit_test_setup_teardown(test_usage, clear_env, clear_env),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
