@@ -21,7 +21,7 @@ IO_SRC     := worker/db.c worker/kafka.c worker/ingest.c
 LIB_OBJ    := $(patsubst %.c,$(B)/obj/%.o,$(COMMON_SRC) $(CORE_SRC) $(IO_SRC)) $(B)/obj/gen/schemas.o
 UNIT_TESTS := test_utf8 test_batch test_plan test_result test_config test_sqlstate
 
-.PHONY: all asan unit test run bench clean deps stack-stop
+.PHONY: all asan unit unit-build test run bench clean deps stack-stop
 all: $(B)/metadata-worker
 
 $(B)/metadata-worker: $(B)/obj/worker/main.o $(LIB_OBJ)
@@ -50,8 +50,10 @@ $(B)/tests/%: tests/unit/%.c $(LIB_OBJ)
 asan:
 	$(MAKE) B=build/asan SAN_CFLAGS="$(SAN_FLAGS)" CFLAGS="-O1 -g" all $(addprefix build/asan/tests/,$(UNIT_TESTS))
 
-unit: $(addprefix $(B)/tests/,$(UNIT_TESTS))
-	@for t in $^; do echo "== $$t"; ./$$t || exit 1; done
+unit-build: $(addprefix $(B)/tests/,$(UNIT_TESTS))
+
+unit: unit-build
+	@for t in $(addprefix $(B)/tests/,$(UNIT_TESTS)); do echo "== $$t"; ./$$t || exit 1; done
 
 deps:
 	bash tests/harness/deps.sh all >/dev/null

@@ -16,7 +16,10 @@ step() { # step NAME COMMAND...
   if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); failures+=("$name"); fi
 }
 
-make -s all || exit 1
+# Sanitizer settings (read by the asan binaries only): any report fails the run.
+export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+make -s all unit-build || exit 1
 make -s asan >/dev/null || exit 1
 
 unit_tests() { # unit_tests DIR
@@ -25,7 +28,7 @@ unit_tests() { # unit_tests DIR
   return $ok
 }
 step "unit tests" unit_tests build
-step "unit tests (asan)" env ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 unit_tests build/asan
+step "unit tests (asan)" unit_tests build/asan
 
 stack=$(mktemp -d /tmp/mw-stack.XXXXXX)
 trap 'bash tests/harness/stack.sh stop "$stack"' EXIT
@@ -36,7 +39,6 @@ bash tests/harness/stack.sh start "$stack" || { echo "test: could not start the 
 step "end-to-end" env MW_BIN="$root/build/metadata-worker" \
   $py -m unittest discover -s tests/e2e -p 'test_*.py' -v
 step "end-to-end (asan)" env MW_BIN="$root/build/asan/metadata-worker" \
-  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
   $py -m unittest discover -s tests/e2e -p 'test_*.py' -v
 if [ -d tests/compose ]; then
   step "containers and schemas" $py -m unittest discover -s tests/compose -p 'test_*.py' -v
@@ -44,5 +46,5 @@ fi
 
 echo
 [ $failed -gt 0 ] && echo "failed: ${failures[*]}"
-echo "$passed passed, $failed failed"
+echo "suites: $passed passed, $failed failed"
 [ $failed -eq 0 ]
