@@ -29,6 +29,9 @@ unit_tests() { # unit_tests DIR
 }
 step "unit tests" unit_tests build
 step "unit tests (asan)" unit_tests build/asan
+step "command line" $py -m unittest discover -s tests/cli -p 'test_*.py' -v
+step "command line (asan)" env MW_BIN="$root/build/asan/metadata-worker" \
+  $py -m unittest discover -s tests/cli -p 'test_*.py'
 
 stack=$(mktemp -d /tmp/mw-stack.XXXXXX)
 trap 'bash tests/harness/stack.sh stop "$stack"' EXIT

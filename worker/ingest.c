@@ -664,10 +664,8 @@ int ingest_run(const mw_config *cfg, volatile sig_atomic_t *run) {
         log_write(LOG_ERROR, "out of memory", LF_END);
         goto done;
     }
-    if (!wait_for_database(ing)) {
-        rc = *run ? 1 : 0;
-        goto done;
-    }
+    /* Kafka clients first: a configuration error stops the worker at once, before any wait
+     * for PostgreSQL. */
     ing->producer = kafka_producer_new(cfg, on_delivery, ing, ing->errstr, sizeof ing->errstr);
     if (!ing->producer) {
         log_write(LOG_ERROR, ing->errstr, LF_END);
@@ -676,6 +674,10 @@ int ingest_run(const mw_config *cfg, volatile sig_atomic_t *run) {
     ing->consumer = kafka_consumer_new(cfg, on_rebalance, ing, ing->errstr, sizeof ing->errstr);
     if (!ing->consumer) {
         log_write(LOG_ERROR, ing->errstr, LF_END);
+        goto done;
+    }
+    if (!wait_for_database(ing)) {
+        rc = *run ? 1 : 0;
         goto done;
     }
     rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);
