@@ -21,7 +21,7 @@ IO_SRC     := worker/db.c worker/kafka.c worker/ingest.c
 LIB_OBJ    := $(patsubst %.c,$(B)/obj/%.o,$(COMMON_SRC) $(CORE_SRC) $(IO_SRC)) $(B)/obj/gen/schemas.o
 UNIT_TESTS := test_utf8 test_batch test_plan test_result test_config test_sqlstate
 
-.PHONY: all asan unit unit-build test run bench clean deps stack-stop
+.PHONY: all asan unit unit-build fuzz fuzz-build test run bench clean deps stack-stop
 all: $(B)/metadata-worker
 
 $(B)/metadata-worker: $(B)/obj/worker/main.o $(LIB_OBJ)
@@ -54,6 +54,13 @@ unit-build: $(addprefix $(B)/tests/,$(UNIT_TESTS))
 
 unit: unit-build
 	@for t in $(addprefix $(B)/tests/,$(UNIT_TESTS)); do echo "== $$t"; ./$$t || exit 1; done
+
+fuzz-build:
+	bash tests/fuzz/build.sh
+
+# FUZZ_SECONDS=3600 make fuzz for a long run; make test runs 120 s.
+fuzz:
+	bash tests/fuzz/run.sh $(or $(FUZZ_SECONDS),60)
 
 deps:
 	bash tests/harness/deps.sh all >/dev/null

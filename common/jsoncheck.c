@@ -23,7 +23,9 @@ static bool hex(unsigned char x) {
     return (x >= '0' && x <= '9') || (x >= 'a' && x <= 'f') || (x >= 'A' && x <= 'F');
 }
 
-static bool string(jc *c) {
+/* is_key: json-c cuts object keys at U+0000 ("items\u0000x" would read as "items"), so
+ * such a key is refused rather than silently taken for another. */
+static bool string(jc *c, bool is_key) {
     c->i++; /* opening quote */
     while (c->i < c->n) {
         unsigned char x = c->s[c->i];
@@ -35,6 +37,9 @@ static bool string(jc *c) {
             if (x == 'u') {
                 for (int k = 1; k <= 4; k++)
                     if (c->i + k >= c->n || !hex(c->s[c->i + k])) return fail(c, "bad \\u escape");
+                if (is_key && c->s[c->i + 1] == '0' && c->s[c->i + 2] == '0' &&
+                    c->s[c->i + 3] == '0' && c->s[c->i + 4] == '0')
+                    return fail(c, "U+0000 in an object key");
                 c->i += 5;
                 continue;
             }
@@ -90,7 +95,7 @@ static bool container(jc *c, unsigned char close) {
     for (;;) {
         if (close == '}') {
             if (c->i >= c->n || c->s[c->i] != '"') return fail(c, "expected a string key");
-            if (!string(c)) return false;
+            if (!string(c, true)) return false;
             ws(c);
             if (c->i >= c->n || c->s[c->i] != ':') return fail(c, "expected ':'");
             c->i++;
@@ -118,7 +123,7 @@ static bool value(jc *c) {
     switch (c->s[c->i]) {
     case '{': return container(c, '}');
     case '[': return container(c, ']');
-    case '"': return string(c);
+    case '"': return string(c, false);
     case 't': return literal(c, "true");
     case 'f': return literal(c, "false");
     case 'n': return literal(c, "null");

@@ -38,11 +38,14 @@ CREATE INDEX customer_metadata_attributes_idx ON customer_metadata USING gin (at
 
 -- The next offset to apply per partition: written in the same transaction as the rows,
 -- so a message below it is never applied twice (exactly-once into PostgreSQL).
+-- acked_offset: every message below it also had its results acknowledged by Kafka (it lags
+-- by about one transaction); a group without committed offsets resumes from there.
 CREATE TABLE customer_metadata_offsets (
     consumer_group text        NOT NULL,
     topic          text        NOT NULL,
     partition      integer     NOT NULL,
     next_offset    bigint      NOT NULL,
+    acked_offset   bigint      NOT NULL DEFAULT -1,
     updated_at     timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer_group, topic, partition)
 );
@@ -77,7 +80,8 @@ $$;
 -- serialization_failure, which the worker retries after reading the offsets again.
 -- expected = -1 means "no row yet".
 CREATE FUNCTION customer_metadata_advance_offsets(grp text, tpc text, parts integer[],
-                                                  expected bigint[], nexts bigint[])
+                                                  expected bigint[], nexts bigint[],
+                                                  acked bigint[])
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     i integer;
@@ -85,10 +89,13 @@ DECLARE
 BEGIN
     FOR i IN 1 .. COALESCE(array_length(parts, 1), 0) LOOP
         IF expected[i] < 0 THEN
-            INSERT INTO customer_metadata_offsets (consumer_group, topic, partition, next_offset)
-            VALUES (grp, tpc, parts[i], nexts[i]) ON CONFLICT DO NOTHING;
+            INSERT INTO customer_metadata_offsets (consumer_group, topic, partition, next_offset,
+                                                   acked_offset)
+            VALUES (grp, tpc, parts[i], nexts[i], acked[i]) ON CONFLICT DO NOTHING;
         ELSE
-            UPDATE customer_metadata_offsets SET next_offset = nexts[i], updated_at = now()
+            UPDATE customer_metadata_offsets
+               SET next_offset = nexts[i], acked_offset = GREATEST(acked_offset, acked[i]),
+                   updated_at = now()
              WHERE consumer_group = grp AND topic = tpc AND partition = parts[i]
                AND next_offset = expected[i];
         END IF;
@@ -135,10 +142,10 @@ $$;
 
 -- The happy path: one statement, one round trip, one transaction per batch.
 CREATE FUNCTION customer_metadata_apply(grp text, tpc text, parts integer[], expected bigint[],
-                                        nexts bigint[], doc json) RETURNS void
+                                        nexts bigint[], acked bigint[], doc json) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM customer_metadata_advance_offsets(grp, tpc, parts, expected, nexts);
+    PERFORM customer_metadata_advance_offsets(grp, tpc, parts, expected, nexts, acked);
     PERFORM customer_metadata_merge(tpc, doc);
 END
 $$;
@@ -147,7 +154,8 @@ $$;
 -- are applied one by one, each in its own subtransaction; an item rejected for its data
 -- is recorded and returned, the others are applied. Any other error aborts the batch.
 CREATE FUNCTION customer_metadata_apply_isolated(grp text, tpc text, parts integer[],
-                                                 expected bigint[], nexts bigint[], doc json)
+                                                 expected bigint[], nexts bigint[],
+                                                 acked bigint[], doc json)
 RETURNS TABLE (part integer, off bigint, idx integer, error text)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -156,7 +164,7 @@ DECLARE
     msg text;
     cname text;
 BEGIN
-    PERFORM customer_metadata_advance_offsets(grp, tpc, parts, expected, nexts);
+    PERFORM customer_metadata_advance_offsets(grp, tpc, parts, expected, nexts, acked);
     FOR item IN SELECT value FROM json_array_elements(doc) LOOP
         BEGIN
             PERFORM customer_metadata_merge(tpc, json_build_array(item));

@@ -29,6 +29,7 @@ unit_tests() { # unit_tests DIR
 }
 step "unit tests" unit_tests build
 step "unit tests (asan)" unit_tests build/asan
+step "fuzz batch_decode (120 s, ASan+UBSan)" bash tests/fuzz/run.sh 120
 step "command line" $py -m unittest discover -s tests/cli -p 'test_*.py' -v
 step "command line (asan)" env MW_BIN="$root/build/asan/metadata-worker" \
   $py -m unittest discover -s tests/cli -p 'test_*.py'

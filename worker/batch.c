@@ -37,7 +37,9 @@ static const uuid_t event_ns = {0x6b, 0x3c, 0x2e, 0x0a, 0x9d, 0x41, 0x4f, 0x7e,
                                 0x8a, 0x55, 0x1c, 0x93, 0xd2, 0x07, 0xe4, 0x6f};
 
 json_tokener *batch_tokener_new(void) {
-    json_tokener *tok = json_tokener_new_ex(JSON_MAX_DEPTH);
+    /* json-c counts a scalar inside the deepest container as one more level than
+     * jsoncheck does: one more keeps the two limits the same. */
+    json_tokener *tok = json_tokener_new_ex(JSON_MAX_DEPTH + 1);
     /* RFC 8259 only: no single quotes, trailing commas, NaN or comments. */
     if (tok) json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
     return tok;

@@ -218,9 +218,12 @@ static char *num_array(const void *v, int n, int is64) {
 }
 
 enum db_status db_read_offsets(mw_db *db, const char *group, const char *topic,
-                               const int32_t *parts, int n, int64_t *next,
+                               const int32_t *parts, int n, int64_t *next, int64_t *acked,
                                char *errstr, size_t errstr_size) {
-    for (int i = 0; i < n; i++) next[i] = -1;
+    for (int i = 0; i < n; i++) {
+        next[i] = -1;
+        if (acked) acked[i] = -1;
+    }
     char *arr = num_array(parts, n, 0);
     if (!arr) {
         snprintf(errstr, errstr_size, "out of memory");
@@ -229,7 +232,7 @@ enum db_status db_read_offsets(mw_db *db, const char *group, const char *topic,
     const char *p[] = {group, topic, arr};
     PGresult *res = NULL;
     enum db_status st = exec(db,
-                             "SELECT partition, next_offset FROM customer_metadata_offsets"
+                             "SELECT partition, next_offset, acked_offset FROM customer_metadata_offsets"
                              " WHERE consumer_group = $1 AND topic = $2 AND partition = ANY($3::integer[])",
                              3, p, PGRES_TUPLES_OK, &res, errstr, errstr_size);
     free(arr);
@@ -237,8 +240,12 @@ enum db_status db_read_offsets(mw_db *db, const char *group, const char *topic,
     for (int r = 0; r < PQntuples(res); r++) {
         int32_t part = (int32_t)atol(PQgetvalue(res, r, 0));
         int64_t off = atoll(PQgetvalue(res, r, 1));
-        for (int i = 0; i < n; i++)
-            if (parts[i] == part) next[i] = off;
+        int64_t ack = atoll(PQgetvalue(res, r, 2));
+        for (int i = 0; i < n; i++) {
+            if (parts[i] != part) continue;
+            next[i] = off;
+            if (acked) acked[i] = ack;
+        }
     }
     PQclear(res);
     return DB_OK;
@@ -250,17 +257,19 @@ static enum db_status apply_call(mw_db *db, const char *sql, const char *group, 
     char *parts = num_array(o->part, o->n, 0);
     char *exp = num_array(o->expected, o->n, 1);
     char *nxt = num_array(o->next, o->n, 1);
+    char *ack = num_array(o->acked, o->n, 1);
     enum db_status st;
-    if (!parts || !exp || !nxt) {
+    if (!parts || !exp || !nxt || !ack) {
         snprintf(errstr, errstr_size, "out of memory");
         st = DB_TRANSIENT;
     } else {
-        const char *p[] = {group, topic, parts, exp, nxt, doc};
-        st = exec(db, sql, 6, p, PGRES_TUPLES_OK, out, errstr, errstr_size);
+        const char *p[] = {group, topic, parts, exp, nxt, ack, doc};
+        st = exec(db, sql, 7, p, PGRES_TUPLES_OK, out, errstr, errstr_size);
     }
     free(parts);
     free(exp);
     free(nxt);
+    free(ack);
     return st;
 }
 
@@ -268,7 +277,7 @@ enum db_status db_apply(mw_db *db, const char *group, const char *topic, const m
                         const char *rows_doc, char *errstr, size_t errstr_size) {
     return apply_call(db,
                       "SELECT customer_metadata_apply($1, $2, $3::integer[], $4::bigint[],"
-                      " $5::bigint[], $6::json)",
+                      " $5::bigint[], $6::bigint[], $7::json)",
                       group, topic, o, rows_doc, NULL, errstr, errstr_size);
 }
 
@@ -284,7 +293,7 @@ enum db_status db_apply_isolated(mw_db *db, const char *group, const char *topic
     PGresult *res = NULL;
     enum db_status st = apply_call(db,
                                    "SELECT part, off, idx, error FROM customer_metadata_apply_isolated("
-                                   "$1, $2, $3::integer[], $4::bigint[], $5::bigint[], $6::json)",
+                                   "$1, $2, $3::integer[], $4::bigint[], $5::bigint[], $6::bigint[], $7::json)",
                                    group, topic, o, items_doc, &res, errstr, errstr_size);
     if (st != DB_OK) return st;
     report_rejects(res, cb, opaque);

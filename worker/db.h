@@ -22,12 +22,14 @@ typedef struct mw_db mw_db;
 enum db_status { DB_OK = 0, DB_TRANSIENT, DB_DATA, DB_FATAL };
 
 /* Offsets moved by one transaction, partitions sorted ascending (lock order). expected[i]
- * is the next offset read before (-1: none recorded), next[i] the one to record. */
+ * is the next offset read before (-1: none recorded), next[i] the one to record, acked[i]
+ * the offset below which every result is known acknowledged (-1: none). */
 typedef struct mw_offsets {
     int n;
     int32_t *part;
     int64_t *expected;
     int64_t *next;
+    int64_t *acked;
 } mw_offsets;
 
 /* Called for each rejected item: partition, offset, item index, error string. */
@@ -49,9 +51,10 @@ enum db_status db_migrate(mw_db *db, int *applied, char *errstr, size_t errstr_s
 enum db_status db_check_schema(mw_db *db, char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));
 
-/* Reads the next offsets recorded for parts[0..n) into next[] (-1: none). */
+/* Reads the next and acknowledged offsets recorded for parts[0..n) into next[] and
+ * acked[] (-1: none; acked may be NULL). */
 enum db_status db_read_offsets(mw_db *db, const char *group, const char *topic,
-                               const int32_t *parts, int n, int64_t *next,
+                               const int32_t *parts, int n, int64_t *next, int64_t *acked,
                                char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));
 

@@ -31,6 +31,7 @@ typedef struct pend_msg {
 typedef struct part_state {
     int32_t part;
     int64_t pg_next; /* next offset recorded in PostgreSQL, -1: none */
+    int64_t acked;   /* every result below it is acknowledged by Kafka, -1: none known */
     bool known;      /* pg_next was read since the partition was assigned */
 } part_state;
 
@@ -83,7 +84,7 @@ static part_state *part_add(ingest *ing, int32_t part) {
         ing->cap_parts = cap;
     }
     ps = &ing->parts[ing->n_parts++];
-    *ps = (part_state){part, -1, false};
+    *ps = (part_state){part, -1, -1, false};
     return ps;
 }
 
@@ -269,11 +270,14 @@ static enum db_status load_offsets(ingest *ing) {
     if (!n) return DB_OK;
     int64_t next[256];
     enum db_status st = db_read_offsets(ing->db, ing->cfg->group_id, ing->cfg->input_topic, want,
-                                        n, next, ing->errstr, sizeof ing->errstr);
+                                        n, next, NULL, ing->errstr, sizeof ing->errstr);
     if (st != DB_OK) return st;
     for (int k = 0; k < n; k++) {
         part_state *ps = part_find(ing, want[k]);
-        if (ps) *ps = (part_state){want[k], next[k], true};
+        if (ps) {
+            ps->pg_next = next[k];
+            ps->known = true;
+        }
     }
     return DB_OK;
 }
@@ -286,7 +290,7 @@ static enum db_status apply_once(ingest *ing) {
     plan_reset(&ing->plan);
 
     int32_t parts[256];
-    int64_t expected[256], next[256];
+    int64_t expected[256], next[256], acked[256];
     int np = 0;
     for (int i = 0; i < ing->n_pend; i++) {
         pend_msg *m = &ing->pend[i];
@@ -310,6 +314,7 @@ static enum db_status apply_once(ingest *ing) {
             if (np == 256) return DB_FATAL;
             parts[np] = m->rkm->partition;
             expected[np] = ps ? ps->pg_next : -1;
+            acked[np] = ps ? ps->acked : -1;
             np++;
         }
         next[k] = m->rkm->offset + 1;
@@ -317,12 +322,13 @@ static enum db_status apply_once(ingest *ing) {
     if (ing->plan.n_items == 0) return DB_OK;
 
     /* Lock order: partitions ascending, so two workers never deadlock on offsets. */
-    mw_offsets o = {np, parts, expected, next};
+    mw_offsets o = {np, parts, expected, next, acked};
     for (int i = 1; i < np; i++)
         for (int j = i; j > 0 && parts[j - 1] > parts[j]; j--) {
             int32_t tp = parts[j]; parts[j] = parts[j - 1]; parts[j - 1] = tp;
             int64_t te = expected[j]; expected[j] = expected[j - 1]; expected[j - 1] = te;
             int64_t tn = next[j]; next[j] = next[j - 1]; next[j - 1] = tn;
+            int64_t ta = acked[j]; acked[j] = acked[j - 1]; acked[j - 1] = ta;
         }
 
     if (plan_merge(&ing->plan)) {
@@ -464,6 +470,10 @@ static void store_offsets(ingest *ing) {
         if (!tp) tp = rd_kafka_topic_partition_list_add(l, ing->cfg->input_topic, m->rkm->partition);
         if (m->rkm->offset + 1 > tp->offset) tp->offset = m->rkm->offset + 1;
     }
+    for (int i = 0; i < l->cnt; i++) {
+        part_state *ps = part_find(ing, l->elems[i].partition);
+        if (ps && l->elems[i].offset > ps->acked) ps->acked = l->elems[i].offset;
+    }
     if (l->cnt) {
         rd_kafka_resp_err_t err = rd_kafka_offsets_store(ing->consumer, l);
         if (err && err != RD_KAFKA_RESP_ERR__STATE)
@@ -539,18 +549,25 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque) {
     ingest *ing = opaque;
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-        /* Resume from the group's committed offset; where the group has none, from the
-         * offset PostgreSQL recorded (auto.offset.reset applies when neither exists). */
+        /* Resume from the group's committed offset. Where the group has none, from the
+         * offset below which PostgreSQL knows every result was acknowledged — not from its
+         * next offset: messages between the two are in the database but may lack results.
+         * When neither exists, auto.offset.reset applies; messages already applied are then
+         * replayed for their results only. */
         rd_kafka_resp_err_t e = rd_kafka_committed(rk, parts, 10000);
         if (e) log_write(LOG_WARN, "cannot read committed offsets", LF_S("error", rd_kafka_err2str(e)), LF_END);
         for (int i = 0; i < parts->cnt; i++) {
             rd_kafka_topic_partition_t *tp = &parts->elems[i];
             part_state *ps = part_add(ing, tp->partition);
-            int64_t pg = -1;
+            int64_t pg = -1, pg_acked = -1;
             if (ps && db_read_offsets(ing->db, ing->cfg->group_id, ing->cfg->input_topic,
-                                      &tp->partition, 1, &pg, ing->errstr, sizeof ing->errstr) == DB_OK)
-                *ps = (part_state){tp->partition, pg, true};
-            if (tp->offset < 0 && pg >= 0) tp->offset = pg;
+                                      &tp->partition, 1, &pg, &pg_acked, ing->errstr,
+                                      sizeof ing->errstr) == DB_OK) {
+                ps->pg_next = pg;
+                ps->known = true;
+            }
+            if (tp->offset < 0 && pg_acked >= 0) tp->offset = pg_acked;
+            if (ps) ps->acked = tp->offset >= 0 ? tp->offset : -1;
             log_write(LOG_INFO, "partition assigned", LF_S("topic", tp->topic),
                       LF_I("partition", tp->partition), LF_I("offset", tp->offset),
                       LF_I("pg_next_offset", pg), LF_END);

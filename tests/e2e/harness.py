@@ -53,6 +53,46 @@ class Worker:
         return "\n".join(self.lines()[-60:])
 
 
+class ResultsReader:
+    """Follows a results topic from the beginning; keeps one value per item source
+    (partition, offset, index) and counts repeats and repeats that differ."""
+
+    def __init__(self, topic):
+        self.c = Consumer({"bootstrap.servers": BROKERS, "group.id": f"reader-{uuid.uuid4().hex}",
+                           "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        self.c.subscribe([topic])
+        self.by_source = {}
+        self.total = 0
+        self.repeats = 0
+        self.differing = []
+
+    def poll(self, seconds):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for m in self.c.consume(1000, 0.2):
+                if m.error():
+                    continue
+                r = json.loads(m.value())
+                s = r["source"]
+                k = (s["partition"], s["offset"], s["index"])
+                self.total += 1
+                if k in self.by_source:
+                    self.repeats += 1
+                    if self.by_source[k] != r:
+                        self.differing.append((self.by_source[k], r))
+                else:
+                    self.by_source[k] = r
+
+    def wait_for(self, n, timeout):
+        end = time.monotonic() + timeout
+        while len(self.by_source) < n and time.monotonic() < end:
+            self.poll(0.5)
+        return len(self.by_source) >= n
+
+    def close(self):
+        self.c.close()
+
+
 class E2ECase(unittest.TestCase):
     """Gives each test its own topics, consumer group and database."""
 
@@ -68,7 +108,8 @@ class E2ECase(unittest.TestCase):
         self.group = f"grp-{self.id_}"
         self.dbname = f"mw_{self.id_}"
         admin = AdminClient({"bootstrap.servers": BROKERS})
-        fs = admin.create_topics([NewTopic(self.topic, self.partitions, 1),
+        fs = admin.create_topics([NewTopic(self.topic, self.partitions, 1,
+                                           config={"max.message.bytes": "4194304"}),
                                   NewTopic(self.results_topic, 3, 1),
                                   NewTopic(self.dlq_topic, 1, 1)])
         for f in fs.values():
@@ -110,10 +151,10 @@ class E2ECase(unittest.TestCase):
         r = subprocess.run([BIN, "migrate"], env=self.env, capture_output=True, timeout=60)
         self.assertEqual(r.returncode, 0, r.stderr.decode())
 
-    def start_worker(self, extra_env=None, name="worker"):
+    def start_worker(self, extra_env=None, name="worker", args=("run",)):
         env = dict(self.env)
         env.update(extra_env or {})
-        w = Worker(env, name=name)
+        w = Worker(env, args=args, name=name)
         self.workers.append(w)
         return w
 
@@ -170,9 +211,22 @@ class E2ECase(unittest.TestCase):
 
     # -- postgres --
     def query(self, sql, *args):
-        with self.db.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall() if cur.description else None
+        for attempt in range(30):
+            try:
+                with self.db.cursor() as cur:
+                    cur.execute(sql, args)
+                    return cur.fetchall() if cur.description else None
+            except psycopg2.OperationalError:
+                # The fault tests stop PostgreSQL: reconnect once it is back.
+                if attempt == 29:
+                    raise
+                time.sleep(1)
+                try:
+                    self.db.close()
+                    self.db = psycopg2.connect(self.env["DATABASE_URL"])
+                    self.db.autocommit = True
+                except psycopg2.OperationalError:
+                    pass
 
     def rows(self):
         cols = ("external_customer_id, external_conversation_id, event_id, status, phone_number, "

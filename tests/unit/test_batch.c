@@ -862,6 +862,40 @@ static void test_message_null_buffer(void **state) {
     batch_free(&b);
 }
 
+/* Regressions found by the fuzzer (tests/fuzz): 64 levels with a scalar innermost are
+ * accepted (jsoncheck and json-c count depth alike), 65 are refused; a key holding U+0000
+ * is refused rather than cut by json-c into another key. */
+static void test_fuzz_regressions(void **state) {
+    char doc[512];
+    int n = snprintf(doc, sizeof doc, "{\"items\":[{\"externalCustomerId\":\"c\","
+                     "\"externalConversationId\":\"k\",\"x\":");
+    for (int i = 0; i < 61; i++) doc[n++] = '[';
+    doc[n++] = '1';
+    for (int i = 0; i < 61; i++) doc[n++] = ']';
+    n += snprintf(doc + n, sizeof doc - (size_t)n, "}]}");
+    mw_batch b;
+    decode_n(state, &b, doc, (size_t)n, 10);
+    bool ok = b.bad_request == NULL && b.n_items == 1 && b.items[0].error == NULL;
+    batch_free(&b);
+    assert_true(ok);
+
+    char deeper[600];
+    int m = snprintf(deeper, sizeof deeper, "{\"items\":[{\"x\":");
+    for (int i = 0; i < 62; i++) deeper[m++] = '[';
+    deeper[m++] = '1';
+    for (int i = 0; i < 62; i++) deeper[m++] = ']';
+    m += snprintf(deeper + m, sizeof deeper - (size_t)m, "}]}");
+    decode_n(state, &b, deeper, (size_t)m, 10);
+    ok = b.bad_request && strstr(b.bad_request, "nesting too deep");
+    batch_free(&b);
+    assert_true(ok);
+
+    decode_n(state, &b, BIN("{\"items\\u0000x\":[{\"externalCustomerId\":\"c\",\"externalConversationId\":\"k\"}]}"), 10);
+    ok = b.bad_request && strstr(b.bad_request, "U+0000 in an object key");
+    batch_free(&b);
+    assert_true(ok);
+}
+
 /* A bad request's eventId is deterministic too (a replay yields the same result). */
 static void test_bad_request_event_id_stable(void **state) {
     mw_batch a, b;
@@ -1018,6 +1052,7 @@ int main(void) {
         cmocka_unit_test(test_message_level),
         cmocka_unit_test(test_message_not_rfc8259),
         cmocka_unit_test(test_message_null_document),
+        cmocka_unit_test(test_fuzz_regressions),
         cmocka_unit_test(test_message_null_buffer),
         cmocka_unit_test(test_bad_request_event_id_stable),
         cmocka_unit_test(test_deep_nesting),

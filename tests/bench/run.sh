@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# `make bench`: builds the worker, starts its own throwaway PostgreSQL + Kafka stack
+# (tests/harness/stack.sh, stopped on exit), and runs tests/bench/bench.py, which prints the
+# results table and writes it to tests/bench/results/ (latest.json/.md; smoke.json/.md for
+# --smoke, so that `make test` does not overwrite the full run's figures).
+#   run.sh [--items N] [--smoke]     --smoke: 50,000 items, quick; non-zero exit on any failure
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+py=/usr/bin/python3   # Debian's, which has python3-confluent-kafka and python3-psycopg2
+
+args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --items) [ $# -ge 2 ] || { echo "run.sh: --items needs a number" >&2; exit 2; }
+             args+=(--items "$2"); shift 2 ;;
+    --items=*) args+=(--items "${1#--items=}"); shift ;;
+    --smoke) args+=(--smoke); shift ;;
+    -h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "run.sh: unknown argument $1 (usage: run.sh [--items N] [--smoke])" >&2; exit 2 ;;
+  esac
+done
+
+bash tests/harness/deps.sh all >/dev/null || { echo "bench: installing dependencies failed" >&2; exit 1; }
+make -s all
+
+stack=$(mktemp -d /tmp/mw-bench.XXXXXX)
+cleanup() { bash tests/harness/stack.sh stop "$stack" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+bash tests/harness/stack.sh start "$stack" || { echo "bench: could not start the stack" >&2; exit 1; }
+# shellcheck disable=SC1091
+. "$stack/env"
+
+$py tests/bench/bench.py "${args[@]}"
