@@ -183,6 +183,34 @@ def broker_cpu():
         return None
 
 
+def sys_busy():
+    """CPU seconds the whole machine spent busy so far (all CPUs, /proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)) / CLK
+
+
+class CpuMeter:
+    """CPU spent over a timed phase by PostgreSQL, the broker, this script and its reaped
+    children (psql, the naive consumer), and by everything else on the machine (noise)."""
+
+    def __init__(self):
+        t = os.times()
+        self.a = (sys_busy(), pg_cpu(), broker_cpu(),
+                  t.user + t.system + t.children_user + t.children_system)
+
+    def stop(self, extra_cpu=0.0):
+        t = os.times()
+        b = (sys_busy(), pg_cpu(), broker_cpu(),
+             t.user + t.system + t.children_user + t.children_system)
+        busy, pg, br, me = (delta(x, y) for x, y in zip(self.a, b))
+        other = None
+        if None not in (busy, pg, br):
+            other = max(0.0, busy - pg - br - me - extra_cpu)
+        return {"pg": pg, "broker": br, "bench": me, "other": other}
+
+
 def vm_hwm_mb(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -341,18 +369,18 @@ def run_ceiling(ctx, label, template):
         create_db(db)
         migrate(db)
     checkpoint()
-    pg0 = pg_cpu()
+    meter = CpuMeter()
     t0 = time.monotonic()
     psql_load(db, ctx["expected_file"], ctx["topic"], ctx["workdir"])
     secs = time.monotonic() - t0
-    pg1 = pg_cpu()
+    cpu = meter.stop()
     verify(db, ctx["expected_file"], f"ceiling ({label})")
     drop_db(db)
     items = ctx["valid_items"]
     log(f"ceiling ({label}): {ctx['rows']} rows in {secs:.2f}s")
     return {"contender": f"ceiling ({label})", "table": label, "items": items,
             "rows": ctx["rows"], "seconds": secs, "items_per_s": items / secs,
-            "pg_cpu_s_per_m": per_m(delta(pg0, pg1), items),
+            "pg_cpu_s_per_m": per_m(cpu["pg"], items), "other_load_cpu_s": cpu["other"],
             "note": "valid items of the stream / seconds of one COPY + INSERT ... ON CONFLICT "
                     "of the final rows"}
 
@@ -369,7 +397,7 @@ def run_naive(ctx, label, template):
     checkpoint()
     logf = open(os.path.join(ctx["workdir"], f"naive-{label}.log"), "wb")
     out = tempfile.TemporaryFile()
-    pg0, br0 = pg_cpu(), broker_cpu()
+    meter = CpuMeter()
     t0 = time.monotonic()
     proc = subprocess.Popen([PY, os.path.join(HERE, "naive_consumer.py"),
                              "--brokers", BROKERS, "--topic", ctx["topic"] + "-naive",
@@ -385,7 +413,7 @@ def run_naive(ctx, label, template):
         raise
     proc.returncode = os.waitstatus_to_exitcode(status)
     secs = time.monotonic() - t0
-    pg1, br1 = pg_cpu(), broker_cpu()
+    cpu = meter.stop()
     out.seek(0)
     text = out.read().decode()
     if proc.returncode != 0:
@@ -404,8 +432,8 @@ def run_naive(ctx, label, template):
             "items_per_s": items / secs, "steady_items_per_s": steady,
             "cpu_s_per_m": per_m(ru.ru_utime + ru.ru_stime, items),
             "peak_rss_mb": ru.ru_maxrss / 1024,
-            "pg_cpu_s_per_m": per_m(delta(pg0, pg1), items),
-            "broker_cpu_s_per_m": per_m(delta(br0, br1), items),
+            "pg_cpu_s_per_m": per_m(cpu["pg"], items),
+            "broker_cpu_s_per_m": per_m(cpu["broker"], items), "other_load_cpu_s": cpu["other"],
             "note": f"first {items} items of the stream (per-partition prefixes), table checked "
                     "against exactly those"}
 
@@ -506,11 +534,12 @@ def run_worker(ctx, label, template):
     env = dict(os.environ, KAFKA_BROKERS=BROKERS, KAFKA_GROUP_ID=f"bench-{RUN_ID}-worker-{label}",
                KAFKA_INPUT_TOPIC=topic, KAFKA_RESULTS_TOPIC=results,
                KAFKA_DLQ_TOPIC=dlq, DATABASE_URL=dsn(db), LOG_LEVEL="debug")
+    env.update(ctx["worker_env"])
     log_file = os.path.join(ctx["workdir"], f"worker-{label}.log")
     n = ctx["items"]
     wm = ctx["wm"]
     checkpoint()
-    pg0, br0 = pg_cpu(), broker_cpu()
+    meter = CpuMeter()
     t0 = time.monotonic()
     with open(log_file, "wb") as lf:
         proc = subprocess.Popen([BIN, "run"], env=env, stdout=subprocess.DEVNULL, stderr=lf)
@@ -535,7 +564,7 @@ def run_worker(ctx, label, template):
         t_end = time.monotonic()
         secs = t_end - t0
         cpu = proc_times(proc.pid)[0]
-        pg1, br1 = pg_cpu(), broker_cpu()
+        others = meter.stop(cpu)
         rate = n / secs
         steady = (n - n_first) / (t_end - t_first) if t_end > t_first else rate
         log(f"worker ({label}): {n} results in {secs:.2f}s (first results after "
@@ -567,8 +596,8 @@ def run_worker(ctx, label, template):
             "latency_max_ms": max(lat), "latency_msgs": len(lat),
             "latency_rate_msgs_per_s": lat_rate,
             "cpu_s_per_m": per_m(cpu, n), "peak_rss_mb": rss,
-            "pg_cpu_s_per_m": per_m(delta(pg0, pg1), n),
-            "broker_cpu_s_per_m": per_m(delta(br0, br1), n),
+            "pg_cpu_s_per_m": per_m(others["pg"], n),
+            "broker_cpu_s_per_m": per_m(others["broker"], n), "other_load_cpu_s": others["other"],
             "duplicate_results": extra,
             "warnings_in_log": len(problems), "warning_samples": [p.strip()[:300] for p in problems[:3]],
             "batches": batch_stats(log_file, secs),
@@ -595,7 +624,16 @@ def fmt(v, digits=0):
 
 
 HEADERS = ["contender", "items", "seconds", "items/s", "worker/ceiling", "worker/naive",
-           "p50 ms", "p99 ms", "CPU s/M items", "peak RSS MB", "PostgreSQL CPU s/M items"]
+           "p50 ms", "p99 ms", "CPU s/M items", "peak RSS MB", "PostgreSQL CPU s/M items",
+           "other load"]
+
+
+def other_load(r):
+    """Share of the machine's CPUs busy with processes outside the benchmark (noise)."""
+    o = r.get("other_load_cpu_s")
+    if o is None or not r.get("seconds"):
+        return "—"
+    return f"{100 * o / (r['seconds'] * (os.cpu_count() or 1)):.0f}%"
 
 
 def table_rows(rows):
@@ -606,7 +644,7 @@ def table_rows(rows):
                     fmt(r.get("x_naive"), 2) if r.get("x_naive") is not None else "",
                     fmt(r.get("latency_p50_ms")), fmt(r.get("latency_p99_ms")),
                     fmt(r.get("cpu_s_per_m"), 2), fmt(r.get("peak_rss_mb"), 1),
-                    fmt(r.get("pg_cpu_s_per_m"), 1)])
+                    fmt(r.get("pg_cpu_s_per_m"), 1), other_load(r)])
     return out
 
 
@@ -662,7 +700,7 @@ def write_results(out_dir, name, report, rows):
     md = [f"# metadata-worker benchmark ({'smoke' if report['smoke'] else 'full'} run)", "",
           f"- date: {report['date']}",
           f"- machine: {m['nproc']} CPUs ({m['cpu_model']}), load average at start "
-          f"{' '.join(m['loadavg_at_start'])}",
+          f"{' '.join(m['loadavg_at_start'])}, at end {' '.join(m['loadavg_at_end'])}",
           f"- stream: {s['items']:,} items in {s['messages']:,} messages of {s['items_per_message']} "
           f"over {s['partitions']} partitions, {s['invalid_items']:,} invalid, {s['rows']:,} distinct "
           f"keys (rows), {s['bytes'] / 1e6:,.0f} MB, seed {s['seed']}",
@@ -681,7 +719,12 @@ def write_results(out_dir, name, report, rows):
           "CreateTime of the message's last result. CPU: the worker process only (utime+stime at "
           "the end of the throughput phase); PostgreSQL CPU: the whole cluster over the timed phase.",
           "- ratios compare items/s on the same starting table (empty, or pre-filled with the "
-          "stream's final state).", ""]
+          "stream's final state).",
+          "- other load: CPU used during the timed phase by processes outside the benchmark "
+          "(machine busy time minus the contender, PostgreSQL, the broker and the bench script), "
+          "as a share of all CPUs: the noise in the figures.", ""]
+    if report["worker"]["extra_env"]:
+        md.insert(5, f"- worker settings: {report['worker']['extra_env']}")
     for r in rows:
         b = r.get("batches")
         if b:
@@ -703,13 +746,27 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="50,000 items, quick (part of make test)")
     ap.add_argument("--seed", type=int, default=gen.DEFAULT_SEED)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
-    ap.add_argument("--name", help="results file name (default: latest, or smoke for --smoke)")
+    ap.add_argument("--name", help="results file name (default: latest; smoke for --smoke; "
+                    "custom with --only or --worker-env)")
+    ap.add_argument("--only", default="ceiling,naive,worker",
+                    help="comma-separated contenders to run (default: all three)")
+    ap.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="extra environment for the worker, e.g. TXN_MAX_ITEMS=20000 (repeatable)")
     a = ap.parse_args()
+    only = [c.strip() for c in a.only.split(",") if c.strip()]
+    if not only or set(only) - {"ceiling", "naive", "worker"}:
+        ap.error("--only takes ceiling, naive, worker")
+    worker_env = {}
+    for kv in a.worker_env:
+        k, sep, v = kv.partition("=")
+        if not sep or not k:
+            ap.error(f"--worker-env {kv}: NAME=VALUE expected")
+        worker_env[k] = v
     if not BROKERS:
         print("bench: KAFKA_BROKERS is not set: run tests/bench/run.sh", file=sys.stderr)
         return 2
     n = a.items or (50_000 if a.smoke else 1_000_000)
-    name = a.name or ("smoke" if a.smoke else "latest")
+    name = a.name or ("custom" if worker_env or len(only) < 3 else "smoke" if a.smoke else "latest")
     stack = os.environ.get("MW_STACK_DIR") or tempfile.gettempdir()
     workdir = tempfile.mkdtemp(prefix="bench-", dir=stack)
     os.chmod(workdir, 0o755)
@@ -723,14 +780,14 @@ def main():
         bin_sha = hashlib.sha256(f.read()).hexdigest()
     BIN = snap
     ctx = {"items": n, "seed": a.seed, "workdir": workdir, "wm": Watermarks(),
-           "out": a.out, "name": name,
+           "out": a.out, "name": name, "worker_env": worker_env,
            "topic": f"bench-{RUN_ID}-input",
            "naive_max": min(n, max(gen.ITEMS_PER_MSG, n // 10), 100_000),
            "latency_msgs": 100 if a.smoke else 200}
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "smoke": a.smoke, "machine": machine(), "naive_max_items": ctx["naive_max"],
               "latency_msgs": ctx["latency_msgs"], "run_id": RUN_ID,
-              "worker": {"sha256": bin_sha, "git": git_describe()}}
+              "worker": {"sha256": bin_sha, "git": git_describe(), "extra_env": worker_env}}
     rows = []
     status = 0
     try:
@@ -764,17 +821,19 @@ def main():
         conn.close()
         log(f"template {tmpl} ready")
 
-        for label, template in (("empty", None), ("pre-filled", tmpl)):
-            rows.append(run_ceiling(ctx, label, template))
-        for label, template in (("empty", None), ("pre-filled", tmpl)):
-            rows.append(run_worker(ctx, label, template))
-        for label, template in (("empty", None), ("pre-filled", tmpl)):
-            rows.append(run_naive(ctx, label, template))
+        runners = {"ceiling": run_ceiling, "worker": run_worker, "naive": run_naive}
+        for c in ("ceiling", "worker", "naive"):
+            if c in only:
+                for label, template in (("empty", None), ("pre-filled", tmpl)):
+                    rows.append(runners[c](ctx, label, template))
         by = {r["contender"]: r for r in rows}
         for label in ("empty", "pre-filled"):
-            w = by[f"worker ({label})"]
-            w["x_ceiling"] = w["items_per_s"] / by[f"ceiling ({label})"]["items_per_s"]
-            w["x_naive"] = w["items_per_s"] / by[f"naive ({label})"]["items_per_s"]
+            w = by.get(f"worker ({label})")
+            c, nv = by.get(f"ceiling ({label})"), by.get(f"naive ({label})")
+            if w and c:
+                w["x_ceiling"] = w["items_per_s"] / c["items_per_s"]
+            if w and nv:
+                w["x_naive"] = w["items_per_s"] / nv["items_per_s"]
         drop_db(tmpl)
     except BenchError as e:
         log(f"FAILED: {e}")
@@ -787,6 +846,7 @@ def main():
     rows.sort(key=lambda r: order.index(r["contender"]))
     report["contenders"] = rows
     report["total_s"] = time.monotonic() - T_START
+    report["machine"]["loadavg_at_end"] = open("/proc/loadavg").read().split()[:3]
     if "stream" in report:
         write_results(a.out, name, report, rows)
     print()

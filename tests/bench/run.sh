@@ -4,6 +4,8 @@
 # results table and writes it to tests/bench/results/ (latest.json/.md; smoke.json/.md for
 # --smoke, so that `make test` does not overwrite the full run's figures).
 #   run.sh [--items N] [--smoke]     --smoke: 50,000 items, quick; non-zero exit on any failure
+#   Other options go to bench.py, e.g. --only worker --worker-env TXN_MAX_ITEMS=20000
+#   (results then in tests/bench/results/custom.*; see bench.py --help).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 py=/usr/bin/python3   # Debian's, which has python3-confluent-kafka and python3-psycopg2
@@ -15,8 +17,8 @@ while [ $# -gt 0 ]; do
              args+=(--items "$2"); shift 2 ;;
     --items=*) args+=(--items "${1#--items=}"); shift ;;
     --smoke) args+=(--smoke); shift ;;
-    -h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "run.sh: unknown argument $1 (usage: run.sh [--items N] [--smoke])" >&2; exit 2 ;;
+    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) args+=("$1"); shift ;;   # more options of bench.py (--only, --worker-env, --seed, ...)
   esac
 done
 

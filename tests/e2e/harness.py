@@ -127,7 +127,8 @@ class E2ECase(unittest.TestCase):
                 os.environ.get("PGPORT", "5432"), self.dbname),
         })
         self.workers = []
-        self.producer = Producer({"bootstrap.servers": BROKERS, "enable.idempotence": True})
+        self.producer = Producer({"bootstrap.servers": BROKERS, "enable.idempotence": True,
+                                  "message.max.bytes": 4000000})
         self.migrate()
         self.db = psycopg2.connect(self.env["DATABASE_URL"])
         self.db.autocommit = True

@@ -28,12 +28,20 @@ def stack(cmd):
                    check=True, timeout=120)
 
 
-class FaultCase(E2ECase):
+class FaultBase(E2ECase):
     partitions = 4
 
     def start_stream(self, stream, seconds):
         """Produces the stream in a thread, paced over `seconds`."""
+        self.produce_error = None
+
         def produce():
+            try:
+                produce_all()
+            except Exception as e:  # noqa: BLE001 - reported by finish()
+                self.produce_error = e
+
+        def produce_all():
             p = Producer({"bootstrap.servers": BROKERS, "enable.idempotence": True,
                           "linger.ms": 5, "message.max.bytes": 4000000})
             gap = seconds / max(1, len(stream.messages))
@@ -49,13 +57,15 @@ class FaultCase(E2ECase):
                 delay = t0 + (i + 1) * gap - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-            self.assertEqual(p.flush(300), 0)
+            if p.flush(300) != 0:
+                raise RuntimeError("messages left unflushed")
         t = threading.Thread(target=produce, daemon=True)
         t.start()
         return t
 
     def finish(self, stream, producer, reader, workers, what, timeout=240, **figures):
         producer.join(300)
+        self.assertIsNone(self.produce_error)
         t0 = time.monotonic()
         done = reader.wait_for(stream.expected_results, timeout)
         reader.poll(1.0)
@@ -83,6 +93,9 @@ class FaultCase(E2ECase):
         self.assertEqual(errors, stream.expected_errors)
         reader.close()
 
+
+
+class FaultTests(FaultBase):
     def test_1_crash_at_random_instants(self):
         """SIGKILL at 20 random moments, restart each time: same table as a clean run."""
         rng = random.Random(7)
@@ -144,24 +157,6 @@ class FaultCase(E2ECase):
         self.assertIsNone(w.proc.poll(), "the worker exited during the outage:\n" + w.dump())
         self.finish(stream, producer, reader, [w], "kafka outage", outage_s=round(outage, 1))
 
-    def test_4_scaling(self):
-        """Three workers on 6 partitions; a fourth joins, one leaves by SIGTERM, one is
-        killed: the table is exact and every item has a result."""
-        self.partitions = 6
-        stream = Stream(int(60_000 * SCALE), 6, seed=14)
-        reader = ResultsReader(self.results_topic)
-        args = ("run", "-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=1000")
-        producer = self.start_stream(stream, 30)
-        ws = [self.start_worker(args=args, name=f"w{i}") for i in range(3)]
-        time.sleep(6)
-        ws.append(self.start_worker(args=args, name="w3"))
-        time.sleep(6)
-        rc, secs = self.stop_worker(ws[0])
-        time.sleep(3)
-        ws[1].stop(signal.SIGKILL)
-        self.finish(stream, producer, reader, ws, "scaling", workers_started=4,
-                    sigterm_exit_s=round(secs, 1), sigkilled=1)
-
     def test_5_graceful_stop_under_load(self):
         """SIGTERM under heavy load: exit 0 within the documented bound; a restarted worker
         neither skips nor re-applies anything (no result repeated: nothing consumed twice)."""
@@ -180,6 +175,28 @@ class FaultCase(E2ECase):
         self.finish(stream, producer, reader, [w, w2], "graceful stop",
                     stop_s=round(secs, 2), results_before_stop=done_before)
         self.assertEqual(reader.repeats, 0, "items were consumed twice after a clean stop")
+
+
+class ScalingTests(FaultBase):
+    partitions = 6
+
+    def test_4_scaling(self):
+        """Three workers on 6 partitions; a fourth joins, one leaves by SIGTERM, one is
+        killed: the table is exact and every item has a result."""
+        self.assertEqual(self.partitions, 6)
+        stream = Stream(int(60_000 * SCALE), 6, seed=14)
+        reader = ResultsReader(self.results_topic)
+        args = ("run", "-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=1000")
+        producer = self.start_stream(stream, 30)
+        ws = [self.start_worker(args=args, name=f"w{i}") for i in range(3)]
+        time.sleep(6)
+        ws.append(self.start_worker(args=args, name="w3"))
+        time.sleep(6)
+        rc, secs = self.stop_worker(ws[0])
+        time.sleep(3)
+        ws[1].stop(signal.SIGKILL)
+        self.finish(stream, producer, reader, ws, "scaling", workers_started=4,
+                    sigterm_exit_s=round(secs, 1), sigkilled=1)
 
 
 if __name__ == "__main__":
