@@ -58,6 +58,11 @@ start)
   fi
   pgport=$(free_port); kport=$(free_port); cport=$(free_port)
   as_pg "$pgbin/initdb" -D "$dir/pg/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+  # A self-signed certificate, so that tests can check sslmode=require works by configuration.
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
+      -keyout "$dir/pg/data/server.key" -out "$dir/pg/data/server.crt" >/dev/null 2>&1
+  chmod 600 "$dir/pg/data/server.key"
+  [ "$(id -u)" -eq 0 ] && chown mwtest "$dir/pg/data/server.key" "$dir/pg/data/server.crt"
   cat >>"$dir/pg/data/postgresql.conf" <<CONF
 port = $pgport
 listen_addresses = '127.0.0.1'
@@ -68,6 +73,7 @@ full_page_writes = off
 shared_buffers = 256MB
 max_connections = 100
 shared_preload_libraries = 'pg_stat_statements'
+ssl = on
 CONF
   pg_start
   cat >"$dir/kafka/server.properties" <<CONF
