@@ -9,7 +9,7 @@
 FROM debian:bookworm AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        build-essential pkg-config librdkafka-dev libpq-dev libjson-c-dev uuid-dev \
+        build-essential pkg-config librdkafka-dev libpq-dev libjson-c-dev uuid-dev libmicrohttpd-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # build/ is excluded by .dockerignore, so nothing built on the host leaks in.
@@ -20,7 +20,7 @@ RUN make -j"$(nproc)" \
 FROM debian:bookworm-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        librdkafka1 libpq5 libjson-c5 libuuid1 ca-certificates curl \
+        librdkafka1 libpq5 libjson-c5 libuuid1 libmicrohttpd12 ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 worker \
  && useradd --system --uid 10001 --gid worker --no-create-home --home-dir /nonexistent \

@@ -5,11 +5,12 @@
 #   make run        install what is missing, start a local stack, run the worker on it
 #   make bench      the benchmark (see README "Performance")
 
-PKGS      := rdkafka libpq json-c uuid
+PKGS      := rdkafka libpq json-c uuid libmicrohttpd
 B         ?= build
 WARN      := -Wall -Wextra -Wpedantic -Wshadow -Wformat=2 -Werror
 CFLAGS    ?= -O2 -g
-ALL_CFLAGS = -std=c11 -D_DEFAULT_SOURCE $(WARN) $(CFLAGS) $(SAN_CFLAGS) \
+VERSION   := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+ALL_CFLAGS = -std=c11 -D_DEFAULT_SOURCE -pthread -DMW_VERSION='"$(VERSION)"' $(WARN) $(CFLAGS) $(SAN_CFLAGS) \
              $(shell pkg-config --cflags $(PKGS)) -I$(B)/gen -Iworker
 LDLIBS    := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CMOCKA    := $(shell pkg-config --libs cmocka 2>/dev/null)
@@ -17,7 +18,7 @@ SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-fr
 
 COMMON_SRC := common/jsoncheck.c common/log.c common/jsonw.c common/utf8.c common/config.c common/sqlstate.c
 CORE_SRC   := worker/batch.c worker/plan.c worker/result.c
-IO_SRC     := worker/db.c worker/kafka.c worker/ingest.c
+IO_SRC     := worker/db.c worker/kafka.c worker/ingest.c worker/metrics.c worker/http.c
 LIB_OBJ    := $(patsubst %.c,$(B)/obj/%.o,$(COMMON_SRC) $(CORE_SRC) $(IO_SRC)) $(B)/obj/gen/schemas.o
 UNIT_TESTS := test_utf8 test_batch test_plan test_result test_config test_sqlstate
 

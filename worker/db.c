@@ -123,6 +123,10 @@ static enum db_status exec(mw_db *db, const char *sql, int n, const char *const 
     return st;
 }
 
+enum db_status db_ping(mw_db *db, char *errstr, size_t errstr_size) {
+    return exec(db, "SELECT 1", 0, NULL, PGRES_TUPLES_OK, NULL, errstr, errstr_size);
+}
+
 enum db_status db_migrate(mw_db *db, int *applied, char *errstr, size_t errstr_size) {
     *applied = 0;
     enum db_status st;

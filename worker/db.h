@@ -43,6 +43,10 @@ enum db_status db_connect(mw_db *db, char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));
 int db_connected(const mw_db *db);
 
+/* A cheap round trip (SELECT 1), for readiness while idle. */
+enum db_status db_ping(mw_db *db, char *errstr, size_t errstr_size)
+    __attribute__((warn_unused_result));
+
 /* Applies the migrations of schemas/ (compiled in) not yet applied; idempotent. */
 enum db_status db_migrate(mw_db *db, int *applied, char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));

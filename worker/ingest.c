@@ -15,9 +15,15 @@
 #include "../common/log.h"
 #include "batch.h"
 #include "db.h"
+#include "http.h"
 #include "kafka.h"
+#include "metrics.h"
 #include "plan.h"
 #include "result.h"
+
+#ifndef MW_VERSION
+#define MW_VERSION "dev"
+#endif
 
 typedef struct pend_msg {
     rd_kafka_message_t *rkm;
@@ -55,6 +61,9 @@ typedef struct ingest {
     long inflight;          /* results and dead letters awaiting acknowledgement */
     long delivery_failed;
     int64_t deadline_ms;    /* set once a stop is asked for */
+    int64_t last_ping_ms;   /* last readiness check of PostgreSQL while idle */
+    mw_metrics *m;
+    mw_http *http;
     bool fatal;
     char errstr[1024];
 } ingest;
@@ -122,6 +131,7 @@ static void pend_append(ingest *ing, rd_kafka_message_t *rkm) {
     if (ing->pend_items == 0) ing->pend_since_ms = now_ms();
     ing->n_pend++;
     ing->pend_items += m->batch.n_items ? m->batch.n_items : 1;
+    atomic_fetch_add(&ing->m->messages_consumed, 1);
     return;
 oom:
     /* Not stored: the message is consumed again after a restart. Stop cleanly. */
@@ -175,6 +185,7 @@ static void set_paused(ingest *ing, bool pause) {
             if (pause) rd_kafka_pause_partitions(ing->consumer, a);
             else rd_kafka_resume_partitions(ing->consumer, a);
         }
+        atomic_store(&ing->m->paused_partitions, pause ? a->cnt : 0);
         rd_kafka_topic_partition_list_destroy(a);
     }
     ing->paused = pause;
@@ -206,6 +217,7 @@ static void keepalive(ingest *ing, int ms) {
     set_paused(ing, true);
     int64_t end = now_ms() + ms;
     do {
+        atomic_store(&ing->m->heartbeat_ms, now_ms());
         rd_kafka_poll(ing->producer, 0);
         int64_t left = end - now_ms();
         rd_kafka_message_t *rkm = rd_kafka_consumer_poll(ing->consumer, left > 100 ? 100 : (int)(left > 0 ? left : 0));
@@ -220,6 +232,7 @@ static bool backoff(ingest *ing, int attempt, const char *what) {
     for (int i = 0; i < attempt && d < ing->cfg->retry_max_ms; i++) d *= 2;
     if (d > ing->cfg->retry_max_ms) d = ing->cfg->retry_max_ms;
     d = d / 2 + rand() % (d / 2 + 1);
+    if (strcmp(what, "database") == 0) atomic_fetch_add(&ing->m->db_retries, 1);
     log_write(attempt > 2 ? LOG_WARN : LOG_INFO, "retrying", LF_S("what", what),
               LF_S("error", ing->errstr), LF_I("attempt", attempt), LF_I("delay_ms", d), LF_END);
     keepalive(ing, (int)d);
@@ -341,8 +354,10 @@ static enum db_status apply_once(ingest *ing) {
         snprintf(ing->errstr, sizeof ing->errstr, "out of memory");
         return DB_TRANSIENT;
     }
+    int64_t t0 = now_ms();
     st = db_apply(ing->db, ing->cfg->group_id, ing->cfg->input_topic, &o, ing->doc.buf,
                   ing->errstr, sizeof ing->errstr);
+    if (st == DB_DATA) atomic_fetch_add(&ing->m->db_errors[DBC_DATA], 1);
     if (st == DB_DATA) {
         log_write(LOG_WARN, "PostgreSQL refused an item: applying the batch item by item",
                   LF_S("error", ing->errstr), LF_I("items", ing->plan.n_items), LF_END);
@@ -358,6 +373,9 @@ static enum db_status apply_once(ingest *ing) {
             part_state *ps = part_find(ing, parts[k]);
             if (ps) ps->pg_next = next[k];
         }
+        atomic_fetch_add(&ing->m->db_transactions, 1);
+        metrics_observe(&ing->m->db_seconds, (double)(now_ms() - t0) / 1000.0);
+        metrics_observe(&ing->m->batch_items, ing->plan.n_items);
     } else {
         /* Read the offsets again before retrying: another worker may have moved them. */
         for (int k = 0; k < ing->n_parts; k++) ing->parts[k].known = false;
@@ -453,11 +471,35 @@ static void produce_results(ingest *ing) {
 static bool await_deliveries(ingest *ing) {
     int64_t start = now_ms();
     while (ing->inflight > 0) {
+        atomic_store(&ing->m->heartbeat_ms, now_ms());
         rd_kafka_poll(ing->producer, 20);
         if (now_ms() - start > 1000) keepalive(ing, 0); /* serve the group meanwhile */
         if (ing->fatal || past_deadline(ing)) return false;
     }
     return true;
+}
+
+/* Counts the outcomes of a flush whose results are all acknowledged. */
+static void count_outcomes(ingest *ing) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t wall = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    for (int i = 0; i < ing->n_pend; i++) {
+        pend_msg *m = &ing->pend[i];
+        if (!m->in_flush) continue;
+        if (m->replay) atomic_fetch_add(&ing->m->replayed_messages, 1);
+        if (m->batch.bad_request) {
+            atomic_fetch_add(&ing->m->bad_requests, 1);
+            atomic_fetch_add(&ing->m->dead_letters, 1);
+        }
+        int bad = m->batch.invalid_count, rej = m->db_rejects;
+        atomic_fetch_add(&ing->m->items[OUT_BAD_PARAMS], (unsigned long long)bad);
+        atomic_fetch_add(&ing->m->items[OUT_DB_REJECTED], (unsigned long long)rej);
+        atomic_fetch_add(&ing->m->items[OUT_OK], (unsigned long long)(m->batch.n_items - bad - rej));
+        rd_kafka_timestamp_type_t tt;
+        int64_t t = rd_kafka_message_timestamp(m->rkm, &tt);
+        if (t > 0 && wall >= t) metrics_observe(&ing->m->result_seconds, (double)(wall - t) / 1000.0);
+    }
 }
 
 static void store_offsets(ingest *ing) {
@@ -497,7 +539,9 @@ static void flush(ingest *ing) {
     for (int attempt = 0;; attempt++) {
         st = apply_once(ing);
         if (st == DB_OK) st = load_replay_rejects(ing);
+        atomic_store(&ing->m->db_up, st != DB_TRANSIENT);
         if (st == DB_OK) break;
+        atomic_fetch_add(&ing->m->db_errors[st == DB_TRANSIENT ? DBC_TRANSIENT : DBC_FATAL], 1);
         if (st == DB_FATAL) {
             log_write(LOG_ERROR, "PostgreSQL error that retrying cannot fix: stopping",
                       LF_S("error", ing->errstr), LF_END);
@@ -516,6 +560,7 @@ static void flush(ingest *ing) {
         snprintf(ing->errstr, sizeof ing->errstr, "%ld results not acknowledged", ing->delivery_failed);
         if (!backoff(ing, attempt, "results")) goto abandon;
     }
+    count_outcomes(ing);
     store_offsets(ing);
     set_paused(ing, false);
     log_write(LOG_DEBUG, "batch done", LF_I("messages", n), LF_I("items", items),
@@ -538,7 +583,10 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     (void)rk;
     ingest *ing = opaque;
     ing->inflight--;
+    if (!m->err && strcmp(rd_kafka_topic_name(m->rkt), ing->cfg->results_topic) == 0)
+        atomic_fetch_add(&ing->m->results_produced, 1);
     if (m->err) {
+        atomic_fetch_add(&ing->m->results_failed, 1);
         ing->delivery_failed++;
         log_write(LOG_WARN, "delivery failed", LF_S("topic", rd_kafka_topic_name(m->rkt)),
                   LF_S("error", rd_kafka_err2str(m->err)), LF_END);
@@ -548,6 +596,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque) {
     ingest *ing = opaque;
+    atomic_fetch_add(&ing->m->rebalances, 1);
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         /* Resume from the group's committed offset. Where the group has none, from the
          * offset below which PostgreSQL knows every result was acknowledged — not from its
@@ -577,6 +626,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             log_write(LOG_ERROR, "incremental assign failed", LF_S("error", rd_kafka_error_string(error)), LF_END);
             rd_kafka_error_destroy(error);
         }
+        atomic_store(&ing->m->assigned_partitions, ing->n_parts);
         /* librdkafka 2.0 keeps a partition's paused flag across rebalances. */
         if (ing->paused) rd_kafka_pause_partitions(rk, parts);
         else rd_kafka_resume_partitions(rk, parts);
@@ -595,6 +645,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                       LF_END);
             part_remove(ing, parts->elems[i].partition);
         }
+        atomic_store(&ing->m->assigned_partitions, ing->n_parts);
         rd_kafka_error_t *error = rd_kafka_incremental_unassign(rk, parts);
         if (error) {
             log_write(LOG_ERROR, "incremental unassign failed", LF_S("error", rd_kafka_error_string(error)), LF_END);
@@ -606,11 +657,29 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     }
 }
 
+static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque) {
+    (void)rk;
+    ingest *ing = opaque;
+    metrics_parse_stats(ing->m, json, len);
+    return 0; /* json is freed by librdkafka */
+}
+
+/* While idle, checks PostgreSQL every 2 s so that /readyz tells the truth. */
+static void idle_ping(ingest *ing) {
+    int64_t now = now_ms();
+    if (now - ing->last_ping_ms < 2000) return;
+    ing->last_ping_ms = now;
+    char err[256];
+    atomic_store(&ing->m->db_up, db_ping(ing->db, err, sizeof err) == DB_OK);
+}
+
 /* ---- run ---- */
 
 static bool wait_for_database(ingest *ing) {
     for (int attempt = 0;; attempt++) {
+        atomic_store(&ing->m->heartbeat_ms, now_ms());
         enum db_status st = db_check_schema(ing->db, ing->errstr, sizeof ing->errstr);
+        atomic_store(&ing->m->db_up, st == DB_OK);
         if (st == DB_OK) return true;
         if (st == DB_FATAL) {
             log_write(LOG_ERROR, ing->errstr, LF_END);
@@ -677,9 +746,18 @@ int ingest_run(const mw_config *cfg, volatile sig_atomic_t *run) {
 
     ing->tok = batch_tokener_new();
     ing->db = db_new(cfg);
-    if (!ing->tok || !ing->db) {
+    ing->m = metrics_new();
+    if (!ing->tok || !ing->db || !ing->m) {
         log_write(LOG_ERROR, "out of memory", LF_END);
         goto done;
+    }
+    if (cfg->metrics_addr) {
+        ing->http = http_start(cfg->metrics_addr, ing->m, MW_VERSION, ing->errstr, sizeof ing->errstr);
+        if (!ing->http) {
+            log_write(LOG_ERROR, ing->errstr, LF_END);
+            goto done;
+        }
+        log_write(LOG_INFO, "serving /metrics, /healthz, /readyz", LF_S("addr", cfg->metrics_addr), LF_END);
     }
     /* Kafka clients first: a configuration error stops the worker at once, before any wait
      * for PostgreSQL. */
@@ -688,7 +766,8 @@ int ingest_run(const mw_config *cfg, volatile sig_atomic_t *run) {
         log_write(LOG_ERROR, ing->errstr, LF_END);
         goto done;
     }
-    ing->consumer = kafka_consumer_new(cfg, on_rebalance, ing, ing->errstr, sizeof ing->errstr);
+    ing->consumer = kafka_consumer_new(cfg, on_rebalance, on_stats, ing, ing->errstr,
+                                       sizeof ing->errstr);
     if (!ing->consumer) {
         log_write(LOG_ERROR, ing->errstr, LF_END);
         goto done;
@@ -715,9 +794,11 @@ int ingest_run(const mw_config *cfg, volatile sig_atomic_t *run) {
             int64_t left = ing->pend_since_ms + cfg->txn_max_wait_ms - now_ms();
             timeout = left < 0 ? 0 : (int)left;
         }
+        atomic_store(&ing->m->heartbeat_ms, now_ms());
         rd_kafka_message_t *rkm = rd_kafka_consumer_poll(ing->consumer, timeout);
         if (rkm) handle_message(ing, rkm);
         rd_kafka_poll(ing->producer, 0);
+        if (!ing->n_pend) idle_ping(ing);
         if (ing->pend_items && (ing->pend_items >= cfg->txn_max_items ||
                                 now_ms() - ing->pend_since_ms >= cfg->txn_max_wait_ms))
             flush(ing);
@@ -741,6 +822,8 @@ done:
     jsonw_free(&ing->out);
     if (ing->tok) json_tokener_free(ing->tok);
     db_destroy(ing->db);
+    http_stop(ing->http);
+    metrics_destroy(ing->m);
     log_write(LOG_INFO, "worker stopped", LF_I("exit_status", rc), LF_END);
     return rc;
 }

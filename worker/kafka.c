@@ -52,8 +52,9 @@ fail:
     return NULL;
 }
 
-rd_kafka_t *kafka_consumer_new(const mw_config *cfg, kafka_rebalance_fn rebalance, void *opaque,
-                               char *errstr, size_t errstr_size) {
+rd_kafka_t *kafka_consumer_new(const mw_config *cfg, kafka_rebalance_fn rebalance,
+                               kafka_stats_fn stats, void *opaque, char *errstr,
+                               size_t errstr_size) {
     static const char *const defaults[] = {
         "partition.assignment.strategy", "cooperative-sticky",
         /* Offsets are stored only after a message's rows are in PostgreSQL and its results
@@ -67,6 +68,7 @@ rd_kafka_t *kafka_consumer_new(const mw_config *cfg, kafka_rebalance_fn rebalanc
         "fetch.wait.max.ms", "50",
         "session.timeout.ms", "30000",
         "max.poll.interval.ms", "300000",
+        "statistics.interval.ms", "2000",
         NULL};
     rd_kafka_conf_t *conf = base_conf(cfg, opaque, defaults, errstr, errstr_size);
     if (!conf) return NULL;
@@ -75,6 +77,7 @@ rd_kafka_t *kafka_consumer_new(const mw_config *cfg, kafka_rebalance_fn rebalanc
         return NULL;
     }
     rd_kafka_conf_set_rebalance_cb(conf, rebalance);
+    if (stats) rd_kafka_conf_set_stats_cb(conf, stats);
     char e[512];
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, e, sizeof e);
     if (!rk) {

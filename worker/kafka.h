@@ -18,8 +18,12 @@ typedef void (*kafka_rebalance_fn)(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                                    rd_kafka_topic_partition_list_t *parts, void *opaque);
 typedef void (*kafka_dr_fn)(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque);
 
-rd_kafka_t *kafka_consumer_new(const mw_config *cfg, kafka_rebalance_fn rebalance, void *opaque,
-                               char *errstr, size_t errstr_size);
+typedef int (*kafka_stats_fn)(rd_kafka_t *rk, char *json, size_t len, void *opaque);
+
+/* stats: called with librdkafka's statistics every 2 s (consumer lag, broker states). */
+rd_kafka_t *kafka_consumer_new(const mw_config *cfg, kafka_rebalance_fn rebalance,
+                               kafka_stats_fn stats, void *opaque, char *errstr,
+                               size_t errstr_size);
 rd_kafka_t *kafka_producer_new(const mw_config *cfg, kafka_dr_fn dr, void *opaque,
                                char *errstr, size_t errstr_size);
 

@@ -138,10 +138,18 @@ class E2ECase(unittest.TestCase):
             if w.proc.poll() is None:
                 w.proc.kill()
                 w.proc.wait()
-        # Under the sanitizer build, any report fails the test (the worker's stderr).
+        # Under the sanitizer build, any report fails the test (the worker's stderr); in
+        # every build, each line the worker wrote must be one JSON object (SPEC §7).
         for w in self.workers:
             bad = [l for l in w.lines() if "Sanitizer" in l or "runtime error:" in l]
             self.assertEqual(bad, [], "sanitizer report:\n" + w.dump())
+            for line in w.lines():
+                try:
+                    obj = json.loads(line)
+                    ok = isinstance(obj, dict) and {"time", "level", "msg"} <= obj.keys()
+                except ValueError:
+                    ok = False
+                self.assertTrue(ok, "log line is not a JSON object with time, level, msg: " + line)
         self.db.close()
         admin_db = pg_admin()
         admin_db.cursor().execute(f'DROP DATABASE IF EXISTS "{self.dbname}" WITH (FORCE)')

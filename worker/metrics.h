@@ -1,0 +1,73 @@
+/*
+ * metrics: the worker's counters, gauges and histograms, and their Prometheus text
+ * rendering (SPEC §7). Written by the ingest thread, read by the HTTP thread: every value
+ * is a C11 atomic, and the per-partition lag table takes a mutex.
+ *
+ * Ownership: one mw_metrics, created by metrics_new and freed by metrics_destroy; the
+ * rendering is written into a caller's jsonw (used as a plain growable buffer).
+ */
+#ifndef MW_METRICS_H
+#define MW_METRICS_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "../common/jsonw.h"
+
+#define MW_HIST_BUCKETS 12
+
+typedef struct mw_hist {
+    const double *bounds; /* MW_HIST_BUCKETS upper bounds, ascending */
+    atomic_ullong counts[MW_HIST_BUCKETS + 1]; /* the last is +Inf */
+    _Atomic double sum;
+    atomic_ullong count;
+} mw_hist;
+
+enum mw_item_outcome { OUT_OK, OUT_BAD_PARAMS, OUT_DB_REJECTED, OUT_COUNT };
+enum mw_db_class { DBC_TRANSIENT, DBC_DATA, DBC_FATAL, DBC_COUNT };
+
+typedef struct mw_metrics {
+    atomic_ullong messages_consumed;
+    atomic_ullong items[OUT_COUNT];
+    atomic_ullong bad_requests;
+    atomic_ullong dead_letters;
+    atomic_ullong results_produced;
+    atomic_ullong results_failed;
+    atomic_ullong db_transactions;
+    atomic_ullong db_retries;
+    atomic_ullong db_errors[DBC_COUNT];
+    atomic_ullong replayed_messages;
+    atomic_ullong rebalances;
+    atomic_int assigned_partitions;
+    atomic_int paused_partitions;
+    atomic_int kafka_up;       /* a broker connection is up (librdkafka statistics) */
+    atomic_int db_up;          /* the last database call or ping succeeded */
+    atomic_llong heartbeat_ms; /* the main loop's last turn (monotonic ms) */
+    mw_hist batch_items;       /* items per database transaction */
+    mw_hist db_seconds;        /* database time of one transaction */
+    mw_hist result_seconds;    /* produce (message timestamp) to result acknowledged */
+    void *lag;                 /* per-partition consumer lag, see metrics.c */
+} mw_metrics;
+
+mw_metrics *metrics_new(void);
+void metrics_destroy(mw_metrics *m);
+
+void metrics_observe(mw_hist *h, double v);
+
+/* Replaces the per-partition consumer lag from librdkafka's statistics JSON; also sets
+ * kafka_up from the brokers' states. */
+void metrics_parse_stats(mw_metrics *m, const char *json, size_t len);
+
+/* Monotonic milliseconds, the clock of heartbeat_ms. */
+int64_t metrics_now_ms(void);
+
+/* True when the main loop turned within the last `ms` milliseconds. */
+int metrics_alive(mw_metrics *m, int64_t ms);
+
+/* True when connected to Kafka and PostgreSQL (partitions assigned or waiting for them). */
+int metrics_ready(mw_metrics *m);
+
+/* Prometheus text exposition format 0.0.4. */
+void metrics_render(mw_metrics *m, const char *version, jsonw *out);
+
+#endif
