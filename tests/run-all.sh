@@ -54,6 +54,9 @@ if [ -d tests/compose ]; then
   step "containers and schemas" $py -m unittest discover -s tests/compose -p 'test_*.py' -v
 fi
 
+# A 50,000-item run of the benchmark, so that `make bench` cannot rot (its own stack).
+step "benchmark smoke (50,000 items)" bash tests/bench/run.sh --smoke
+
 echo
 [ $failed -gt 0 ] && echo "failed: ${failures[*]}"
 echo "suites: $passed passed, $failed failed"
