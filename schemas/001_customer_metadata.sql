@@ -109,14 +109,16 @@ END
 $$;
 
 -- Upserts rows (a JSON array of merged rows, at most one per key) with the merge rules of
--- SPEC §4: a field given replaces, a field absent or null keeps the stored value.
+-- SPEC §4: a field given replaces, a field absent or null keeps the stored value. An
+-- attributes patch comes as aset (names set) and adel (names removed; null when none);
+-- aset null means the item had no attributes.
 CREATE FUNCTION customer_metadata_merge(tpc text, doc json) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     MERGE INTO customer_metadata t
     USING (SELECT * FROM json_to_recordset(doc) AS r(
                cid text, conv text, eid text, status text, phone text, email text,
-               uid text, country text, state text, zip text, attrs jsonb,
+               uid text, country text, state text, zip text, aset jsonb, adel text[],
                part integer, off bigint, idx integer)) s
        ON t.external_customer_id = s.cid AND t.external_conversation_id = s.conv
     WHEN MATCHED THEN UPDATE SET
@@ -128,7 +130,9 @@ BEGIN
         address_country = COALESCE(s.country, t.address_country),
         address_state = COALESCE(s.state, t.address_state),
         address_zipcode = COALESCE(s.zip, t.address_zipcode),
-        attributes = customer_metadata_attrs_apply(t.attributes, s.attrs),
+        attributes = CASE WHEN s.aset IS NULL THEN t.attributes
+                          WHEN s.adel IS NULL THEN COALESCE(t.attributes, '{}'::jsonb) || s.aset
+                          ELSE (COALESCE(t.attributes, '{}'::jsonb) - s.adel) || s.aset END,
         source_topic = tpc, source_partition = s.part, source_offset = s.off,
         source_index = s.idx, updated_at = now()
     WHEN NOT MATCHED THEN INSERT (
@@ -136,7 +140,7 @@ BEGIN
         email_address, user_id, address_country, address_state, address_zipcode, attributes,
         source_topic, source_partition, source_offset, source_index)
     VALUES (s.cid, s.conv, s.eid, s.status, s.phone, s.email, s.uid, s.country, s.state,
-            s.zip, customer_metadata_attrs_apply(NULL, s.attrs), tpc, s.part, s.off, s.idx);
+            s.zip, s.aset, tpc, s.part, s.off, s.idx);
 END
 $$;
 

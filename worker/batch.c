@@ -158,7 +158,6 @@ static char *check_attributes(json_object *v, json_object **patch, bool *oom) {
  * field is looked at so that a valid eventId is kept even when an earlier field fails
  * (the producer can then correlate the error). Returns 0, or -1 when memory ran out. */
 static int validate_item(mw_item *it, json_object *v, const mw_source *src) {
-    batch_event_id(it->gen_event_id, src, it->index);
     if (!json_object_is_type(v, json_type_object)) {
         it->error = fmt_error(BAD_PARAMS, "item must be an object");
         if (!it->error) return -1;
@@ -189,6 +188,8 @@ static int validate_item(mw_item *it, json_object *v, const mw_source *src) {
         }
     }
     if (!it->f[F_EVENT].p) {
+        /* Only now: SHA-1 per item is not free, and most items bring their own. */
+        batch_event_id(it->gen_event_id, src, it->index);
         it->f[F_EVENT].p = it->gen_event_id;
         it->f[F_EVENT].n = MW_UUID_STR_LEN;
     }
@@ -196,6 +197,7 @@ static int validate_item(mw_item *it, json_object *v, const mw_source *src) {
 }
 
 static int bad_request(mw_batch *b, const char *fmt, ...) {
+    batch_event_id(b->bad_event_id, &b->src, 0);
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
@@ -209,7 +211,6 @@ int batch_decode(mw_batch *b, json_tokener *tok, const void *buf, size_t len,
                  const mw_source *src, int max_items) {
     memset(b, 0, sizeof *b);
     b->src = *src;
-    batch_event_id(b->bad_event_id, src, 0);
     const char *s = buf;
     int rc = 0;
 

@@ -58,8 +58,9 @@ typedef struct ingest {
     part_state *parts;
     int n_parts, cap_parts;
     bool paused;
-    long inflight;          /* results and dead letters awaiting acknowledgement */
-    long delivery_failed;
+    struct flight *fl_head; /* transactions whose results await acknowledgement, FIFO */
+    struct flight *fl_tail;
+    int n_flights;
     int64_t deadline_ms;    /* set once a stop is asked for */
     int64_t last_ping_ms;   /* last readiness check of PostgreSQL while idle */
     mw_metrics *m;
@@ -405,15 +406,38 @@ static enum db_status load_replay_rejects(ingest *ing) {
     return DB_OK;
 }
 
-static void produce(ingest *ing, const char *topic, const void *key, size_t klen,
+/* A flight: the messages of one committed transaction whose results and dead letters are
+ * in flight to Kafka. Flights complete in order (FIFO): only then are their offsets stored,
+ * so a committed offset never passes a message whose results are not acknowledged, while
+ * the next transaction goes to PostgreSQL without waiting for the acknowledgements. */
+typedef struct flight {
+    pend_msg *msgs;         /* owned */
+    int n;
+    long inflight;          /* deliveries not yet reported */
+    long failed;            /* deliveries that failed: the flight is produced again */
+    int attempts;
+    int64_t retry_at_ms;
+    int64_t started_ms;
+    struct flight *next;
+} flight;
+
+#define MAX_FLIGHTS 2
+
+static void flight_free(flight *f) {
+    for (int i = 0; i < f->n; i++) pend_release(&f->msgs[i]);
+    free(f->msgs);
+    free(f);
+}
+
+static void produce(ingest *ing, flight *f, const char *topic, const void *key, size_t klen,
                     const void *val, size_t vlen, rd_kafka_headers_t *hdrs) {
     for (;;) {
         rd_kafka_resp_err_t err = rd_kafka_producev(
             ing->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, klen),
             RD_KAFKA_V_VALUE((void *)val, vlen), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_END);
+            RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(f), RD_KAFKA_V_END);
         if (!err) {
-            ing->inflight++;
+            f->inflight++;
             return; /* hdrs now owned by the message */
         }
         if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
@@ -423,12 +447,12 @@ static void produce(ingest *ing, const char *topic, const void *key, size_t klen
         log_write(LOG_ERROR, "cannot produce", LF_S("topic", topic),
                   LF_S("error", rd_kafka_err2str(err)), LF_END);
         if (hdrs) rd_kafka_headers_destroy(hdrs);
-        ing->delivery_failed++;
+        f->failed++;
         return;
     }
 }
 
-static void produce_dead_letter(ingest *ing, const pend_msg *m) {
+static void produce_dead_letter(ingest *ing, flight *f, const pend_msg *m) {
     char part[16], off[24];
     snprintf(part, sizeof part, "%d", (int)m->rkm->partition);
     snprintf(off, sizeof off, "%lld", (long long)m->rkm->offset);
@@ -438,20 +462,20 @@ static void produce_dead_letter(ingest *ing, const pend_msg *m) {
     rd_kafka_header_add(h, "dlq.source.partition", -1, part, -1);
     rd_kafka_header_add(h, "dlq.source.offset", -1, off, -1);
     rd_kafka_header_add(h, "dlq.event.id", -1, m->batch.bad_event_id, -1);
-    produce(ing, ing->cfg->dlq_topic, m->rkm->key, m->rkm->key_len, m->rkm->payload,
+    produce(ing, f, ing->cfg->dlq_topic, m->rkm->key, m->rkm->key_len, m->rkm->payload,
             m->rkm->len, h);
 }
 
-static void produce_results(ingest *ing) {
-    for (int i = 0; i < ing->n_pend; i++) {
-        pend_msg *m = &ing->pend[i];
-        if (!m->in_flush) continue;
+static void produce_results(ingest *ing, flight *f) {
+    f->attempts++;
+    for (int i = 0; i < f->n; i++) {
+        pend_msg *m = &f->msgs[i];
         const mw_batch *b = &m->batch;
         if (b->bad_request) {
-            produce_dead_letter(ing, m);
+            produce_dead_letter(ing, f, m);
             jsonw_reset(&ing->out);
             result_message(&ing->out, b, NULL, b->bad_request, 1);
-            produce(ing, ing->cfg->results_topic, b->bad_event_id, MW_UUID_STR_LEN,
+            produce(ing, f, ing->cfg->results_topic, b->bad_event_id, MW_UUID_STR_LEN,
                     ing->out.buf, ing->out.len, NULL);
             continue;
         }
@@ -461,32 +485,19 @@ static void produce_results(ingest *ing) {
             jsonw_reset(&ing->out);
             result_message(&ing->out, b, it, result_item_error(it, m->db_err ? m->db_err[k] : NULL),
                            errors);
-            produce(ing, ing->cfg->results_topic, it->f[F_EVENT].p, it->f[F_EVENT].n,
+            produce(ing, f, ing->cfg->results_topic, it->f[F_EVENT].p, it->f[F_EVENT].n,
                     ing->out.buf, ing->out.len, NULL);
         }
     }
 }
 
-/* Waits until every result and dead letter is acknowledged. False: abandoned. */
-static bool await_deliveries(ingest *ing) {
-    int64_t start = now_ms();
-    while (ing->inflight > 0) {
-        atomic_store(&ing->m->heartbeat_ms, now_ms());
-        rd_kafka_poll(ing->producer, 20);
-        if (now_ms() - start > 1000) keepalive(ing, 0); /* serve the group meanwhile */
-        if (ing->fatal || past_deadline(ing)) return false;
-    }
-    return true;
-}
-
-/* Counts the outcomes of a flush whose results are all acknowledged. */
-static void count_outcomes(ingest *ing) {
+/* Counts the outcomes of a flight whose results are all acknowledged. */
+static void count_outcomes(ingest *ing, const flight *f) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     int64_t wall = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-    for (int i = 0; i < ing->n_pend; i++) {
-        pend_msg *m = &ing->pend[i];
-        if (!m->in_flush) continue;
+    for (int i = 0; i < f->n; i++) {
+        const pend_msg *m = &f->msgs[i];
         if (m->replay) atomic_fetch_add(&ing->m->replayed_messages, 1);
         if (m->batch.bad_request) {
             atomic_fetch_add(&ing->m->bad_requests, 1);
@@ -502,11 +513,10 @@ static void count_outcomes(ingest *ing) {
     }
 }
 
-static void store_offsets(ingest *ing) {
+static void store_offsets(ingest *ing, const flight *f) {
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(16);
-    for (int i = 0; i < ing->n_pend; i++) {
-        pend_msg *m = &ing->pend[i];
-        if (!m->in_flush) continue;
+    for (int i = 0; i < f->n; i++) {
+        const pend_msg *m = &f->msgs[i];
         rd_kafka_topic_partition_t *tp =
             rd_kafka_topic_partition_list_find(l, ing->cfg->input_topic, m->rkm->partition);
         if (!tp) tp = rd_kafka_topic_partition_list_add(l, ing->cfg->input_topic, m->rkm->partition);
@@ -517,11 +527,79 @@ static void store_offsets(ingest *ing) {
         if (ps && l->elems[i].offset > ps->acked) ps->acked = l->elems[i].offset;
     }
     if (l->cnt) {
+        /* A partition revoked meanwhile is refused (its new owner replays): harmless. */
         rd_kafka_resp_err_t err = rd_kafka_offsets_store(ing->consumer, l);
         if (err && err != RD_KAFKA_RESP_ERR__STATE)
             log_write(LOG_WARN, "cannot store offsets", LF_S("error", rd_kafka_err2str(err)), LF_END);
     }
     rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* Completes the flights at the head of the queue whose deliveries are all reported; a
+ * flight with failed deliveries is produced again after a backoff (repeats are identical).
+ * With wait, returns only when the queue is empty (true) or the stop deadline passed. */
+static bool drain_flights(ingest *ing, bool wait) {
+    int64_t start = now_ms();
+    for (;;) {
+        rd_kafka_poll(ing->producer, 0);
+        while (ing->fl_head && ing->fl_head->inflight == 0) {
+            flight *f = ing->fl_head;
+            if (f->failed) {
+                if (!f->retry_at_ms) {
+                    int64_t d = 100;
+                    for (int i = 1; i < f->attempts && d < ing->cfg->retry_max_ms; i++) d *= 2;
+                    f->retry_at_ms = now_ms() + (d < ing->cfg->retry_max_ms ? d : ing->cfg->retry_max_ms);
+                    log_write(LOG_WARN, "results not acknowledged: producing them again",
+                              LF_I("failed", f->failed), LF_I("attempt", f->attempts), LF_END);
+                }
+                if (now_ms() < f->retry_at_ms) break;
+                f->failed = 0;
+                f->retry_at_ms = 0;
+                produce_results(ing, f);
+                continue;
+            }
+            count_outcomes(ing, f);
+            store_offsets(ing, f);
+            log_write(LOG_DEBUG, "results acknowledged", LF_I("messages", f->n),
+                      LF_I("ms", now_ms() - f->started_ms), LF_END);
+            ing->fl_head = f->next;
+            if (!ing->fl_head) ing->fl_tail = NULL;
+            ing->n_flights--;
+            flight_free(f);
+        }
+        if (!wait || !ing->fl_head) return ing->fl_head == NULL;
+        atomic_store(&ing->m->heartbeat_ms, now_ms());
+        rd_kafka_poll(ing->producer, 20);
+        if (now_ms() - start > 1000) keepalive(ing, 0); /* serve the group meanwhile */
+        if (ing->fatal || past_deadline(ing)) return false;
+    }
+}
+
+/* Moves the flushed messages out of pend into a new flight at the tail of the queue. */
+static flight *flight_take(ingest *ing) {
+    flight *f = calloc(1, sizeof *f);
+    int n = 0;
+    for (int i = 0; i < ing->n_pend; i++) n += ing->pend[i].in_flush;
+    if (!f || !(f->msgs = malloc((size_t)(n ? n : 1) * sizeof *f->msgs))) {
+        free(f);
+        return NULL;
+    }
+    int w = 0;
+    for (int r = 0; r < ing->n_pend; r++) {
+        if (ing->pend[r].in_flush) f->msgs[f->n++] = ing->pend[r];
+        else ing->pend[w++] = ing->pend[r];
+    }
+    ing->n_pend = w;
+    ing->pend_items = 0;
+    for (int i = 0; i < w; i++)
+        ing->pend_items += ing->pend[i].batch.n_items ? ing->pend[i].batch.n_items : 1;
+    if (w) ing->pend_since_ms = now_ms();
+    f->started_ms = now_ms();
+    if (ing->fl_tail) ing->fl_tail->next = f;
+    else ing->fl_head = f;
+    ing->fl_tail = f;
+    ing->n_flights++;
+    return f;
 }
 
 static void flush(ingest *ing) {
@@ -551,21 +629,25 @@ static void flush(ingest *ing) {
         if (!backoff(ing, attempt, "database")) goto abandon;
     }
     int64_t t1 = now_ms();
-
-    for (int attempt = 0;; attempt++) {
-        ing->delivery_failed = 0;
-        produce_results(ing);
-        if (!await_deliveries(ing)) goto abandon;
-        if (ing->delivery_failed == 0) break;
-        snprintf(ing->errstr, sizeof ing->errstr, "%ld results not acknowledged", ing->delivery_failed);
-        if (!backoff(ing, attempt, "results")) goto abandon;
+    flight *f = flight_take(ing);
+    if (!f) {
+        log_write(LOG_ERROR, "out of memory", LF_END);
+        ing->fatal = true;
+        goto abandon;
     }
-    count_outcomes(ing);
-    store_offsets(ing);
+    produce_results(ing, f);
     set_paused(ing, false);
     log_write(LOG_DEBUG, "batch done", LF_I("messages", n), LF_I("items", items),
               LF_I("db_ms", t1 - t0), LF_I("total_ms", now_ms() - t0), LF_END);
-    pend_compact(ing);
+    /* Bounded memory: at most MAX_FLIGHTS transactions await their acknowledgements. */
+    while (ing->n_flights > MAX_FLIGHTS && !ing->fatal && !past_deadline(ing)) {
+        drain_flights(ing, false);
+        if (ing->n_flights > MAX_FLIGHTS) {
+            atomic_store(&ing->m->heartbeat_ms, now_ms());
+            rd_kafka_poll(ing->producer, 20);
+        }
+    }
+    drain_flights(ing, false);
     return;
 abandon:
     log_write(LOG_WARN, "batch abandoned: its messages will be consumed again", LF_I("messages", n),
@@ -582,12 +664,15 @@ abandon:
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
     (void)rk;
     ingest *ing = opaque;
-    ing->inflight--;
+    flight *f = m->_private; /* the per-message opaque given to producev */
+    if (f) {
+        f->inflight--;
+        if (m->err) f->failed++;
+    }
     if (!m->err && strcmp(rd_kafka_topic_name(m->rkt), ing->cfg->results_topic) == 0)
         atomic_fetch_add(&ing->m->results_produced, 1);
     if (m->err) {
         atomic_fetch_add(&ing->m->results_failed, 1);
-        ing->delivery_failed++;
         log_write(LOG_WARN, "delivery failed", LF_S("topic", rd_kafka_topic_name(m->rkt)),
                   LF_S("error", rd_kafka_err2str(m->err)), LF_END);
     }
@@ -633,6 +718,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
         bool lost = rd_kafka_assignment_lost(rk);
         pend_drop_partitions(ing, parts);
+        drain_flights(ing, false); /* store what is acknowledged before committing */
         if (!lost) {
             /* Commit what is done for these partitions before handing them over. */
             rd_kafka_resp_err_t e = rd_kafka_commit(rk, NULL, 0);
@@ -797,23 +883,38 @@ int ingest_run(const mw_config *cfg, volatile sig_atomic_t *run) {
         atomic_store(&ing->m->heartbeat_ms, now_ms());
         rd_kafka_message_t *rkm = rd_kafka_consumer_poll(ing->consumer, timeout);
         if (rkm) handle_message(ing, rkm);
-        rd_kafka_poll(ing->producer, 0);
+        drain_flights(ing, false);
         if (!ing->n_pend) idle_ping(ing);
         if (ing->pend_items && (ing->pend_items >= cfg->txn_max_items ||
                                 now_ms() - ing->pend_since_ms >= cfg->txn_max_wait_ms))
             flush(ing);
     }
-    /* Finish the batch in hand (bounded by the stop deadline), then leave the group. */
+    /* Finish the batch in hand and its acknowledgements (bounded by the stop deadline),
+     * then leave the group. */
     if (!ing->fatal) flush(ing);
+    if (!ing->fatal && !drain_flights(ing, true))
+        log_write(LOG_WARN, "stop deadline reached: unacknowledged results will be sent again"
+                  " by the next owner of their partitions", LF_END);
     rc = ing->fatal ? 1 : 0;
     log_write(LOG_INFO, "stopping: committing and leaving the group", LF_END);
 
 done:
-    if (ing->consumer) close_consumer(ing);
     if (ing->producer) {
-        rd_kafka_flush(ing->producer, 5000);
-        rd_kafka_destroy(ing->producer);
+        /* Whatever is still unacknowledged past the deadline is purged: its delivery
+         * reports are served now, while the flights they point to still exist. */
+        rd_kafka_purge(ing->producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+        rd_kafka_flush(ing->producer, 2000);
     }
+    /* Flights hold consumer messages: released before the consumer is destroyed. */
+    while (ing->fl_head) {
+        flight *f = ing->fl_head;
+        ing->fl_head = f->next;
+        flight_free(f);
+    }
+    ing->fl_tail = NULL;
+    ing->n_flights = 0;
+    if (ing->consumer) close_consumer(ing);
+    if (ing->producer) rd_kafka_destroy(ing->producer);
     for (int i = 0; i < ing->n_pend; i++) pend_release(&ing->pend[i]);
     free(ing->pend);
     free(ing->parts);

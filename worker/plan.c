@@ -116,14 +116,31 @@ static const char *const doc_keys[F_COUNT] = {
     [F_COUNTRY] = "country", [F_STATE] = "state", [F_ZIP] = "zip",
 };
 
+/* An attributes patch goes as "aset" (the names it sets, an object) and "adel" (the names
+ * it removes, an array, omitted when empty): PostgreSQL then applies it with two jsonb
+ * operators, (current - adel) || aset, without a per-row sub-query. */
 static void write_patch(jsonw *out, json_object *patch) {
+    jsonw_key(out, "aset");
     jsonw_raw(out, "{");
+    bool dels = false;
     json_object_object_foreach(patch, k, v) {
+        if (!v) {
+            dels = true;
+            continue;
+        }
         jsonw_key(out, k);
-        if (v) jsonw_strn(out, json_object_get_string(v), (size_t)json_object_get_string_len(v));
-        else jsonw_raw(out, "null");
+        jsonw_strn(out, json_object_get_string(v), (size_t)json_object_get_string_len(v));
     }
     jsonw_raw(out, "}");
+    if (!dels) return;
+    jsonw_key(out, "adel");
+    jsonw_raw(out, "[");
+    json_object_object_foreach(patch, k2, v2) {
+        if (v2) continue;
+        jsonw_elem(out);
+        jsonw_str(out, k2);
+    }
+    jsonw_raw(out, "]");
 }
 
 static void write_record(jsonw *out, const mw_str *f, json_object *attrs, const mw_plan_item *src) {
@@ -134,10 +151,7 @@ static void write_record(jsonw *out, const mw_str *f, json_object *attrs, const 
         jsonw_key(out, doc_keys[k]);
         jsonw_strn(out, f[k].p, f[k].n);
     }
-    if (attrs) {
-        jsonw_key(out, "attrs");
-        write_patch(out, attrs);
-    }
+    if (attrs) write_patch(out, attrs);
     jsonw_key(out, "part"); jsonw_int(out, src->partition);
     jsonw_key(out, "off"); jsonw_int(out, src->offset);
     jsonw_key(out, "idx"); jsonw_int(out, src->item->index);

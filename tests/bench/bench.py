@@ -20,6 +20,15 @@ table and from a table already holding the final state (the "pre-filled" case):
 After each contender the table is compared with the expected state (every column but the
 timestamps and source columns); any difference fails the run (exit status 1).
 
+That table is the "main" phase. Two more phases follow by default (phases.py; --phases picks
+and orders them, --smoke runs main only):
+  curves   scale curves: items/s and CPU per million items for 1, 10, 100, 1,000 items per
+           message; 1 and 2 worker processes; 0, 1M and 5M rows already in the table.
+  backlog  bounded memory: 5M items waiting in Kafka, the worker's RSS sampled every 0.5 s
+           while it drains them for 60 s; a peak of 128 MB or more fails the run.
+Each phase writes its section into the same results file; a run without the main phase keeps
+the main table (and any phase not run) of the previous results file: they are merged.
+
 Needs the env of tests/harness/stack.sh (KAFKA_BROKERS, PGHOST, PGPORT, PGUSER, MW_STACK_DIR).
 Run with Debian's /usr/bin/python3 (python3-confluent-kafka, python3-psycopg2).
 """
@@ -690,11 +699,11 @@ def machine():
             "loadavg_at_start": open("/proc/loadavg").read().split()[:3]}
 
 
-def write_results(out_dir, name, report, rows):
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
-        json.dump(report, f, indent=2, ensure_ascii=False)
-        f.write("\n")
+def now_iso():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def main_md(report, rows):
     m = report["machine"]
     s = report["stream"]
     md = [f"# metadata-worker benchmark ({'smoke' if report['smoke'] else 'full'} run)", "",
@@ -734,64 +743,49 @@ def write_results(out_dir, name, report, rows):
                       f"of {r['seconds']:.1f}s wall; total_ms p50 {b['total_ms_p50']} p99 "
                       f"{b['total_ms_p99']}; first result after {r['first_result_s']:.1f}s; "
                       f"steady {r['steady_items_per_s']:,.0f} items/s")
+    return md
+
+
+def write_results(out_dir, name, report):
+    """Writes NAME.json and NAME.md: the main table (when the report holds one, from this run
+    or kept from the previous one), then the scale curves and the backlog sections."""
+    import phases
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+        json.dump(report, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    if "stream" in report:
+        md = main_md(report, report.get("contenders", []))
+        if report.get("main_s") is not None:
+            md.insert(3, f"- main phase run time: {report['main_s']:.0f}s")
+        if report.get("failed"):
+            md.insert(3, f"- FAILED: {report['failed'].splitlines()[0]}")
+    else:
+        md = ["# metadata-worker benchmark", "", "(no main table: run with --phases main)", ""]
+    for key, fn in (("curves", phases.curves_md), ("backlog", phases.backlog_md)):
+        sec = report.get(key)
+        if not sec:
+            continue
+        md.append("")
+        if sec.get("failed"):
+            md += [f"## {key}", "", f"- {sec['date']}: FAILED: {sec['failed'].splitlines()[0]}", ""]
+        else:
+            md += fn(sec)
     with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
-        f.write("\n".join(md) + "\n")
+        f.write("\n".join(md).rstrip("\n") + "\n")
 
 
 # ---------------------------------------------------------------- main
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--items", type=int)
-    ap.add_argument("--smoke", action="store_true", help="50,000 items, quick (part of make test)")
-    ap.add_argument("--seed", type=int, default=gen.DEFAULT_SEED)
-    ap.add_argument("--out", default=os.path.join(HERE, "results"))
-    ap.add_argument("--name", help="results file name (default: latest; smoke for --smoke; "
-                    "custom with --only or --worker-env)")
-    ap.add_argument("--only", default="ceiling,naive,worker",
-                    help="comma-separated contenders to run (default: all three)")
-    ap.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
-                    help="extra environment for the worker, e.g. TXN_MAX_ITEMS=20000 (repeatable)")
-    a = ap.parse_args()
-    only = [c.strip() for c in a.only.split(",") if c.strip()]
-    if not only or set(only) - {"ceiling", "naive", "worker"}:
-        ap.error("--only takes ceiling, naive, worker")
-    worker_env = {}
-    for kv in a.worker_env:
-        k, sep, v = kv.partition("=")
-        if not sep or not k:
-            ap.error(f"--worker-env {kv}: NAME=VALUE expected")
-        worker_env[k] = v
-    if not BROKERS:
-        print("bench: KAFKA_BROKERS is not set: run tests/bench/run.sh", file=sys.stderr)
-        return 2
-    n = a.items or (50_000 if a.smoke else 1_000_000)
-    name = a.name or ("custom" if worker_env or len(only) < 3 else "smoke" if a.smoke else "latest")
-    stack = os.environ.get("MW_STACK_DIR") or tempfile.gettempdir()
-    workdir = tempfile.mkdtemp(prefix="bench-", dir=stack)
-    os.chmod(workdir, 0o755)
-    os.makedirs(a.out, exist_ok=True)
-    # A copy of the binary: the tree may be rebuilt while the benchmark runs, and every
-    # contender must use one build (migrate and run alike).
-    global BIN
-    snap = os.path.join(workdir, "metadata-worker")
-    shutil.copy2(BIN, snap)
-    with open(snap, "rb") as f:
-        bin_sha = hashlib.sha256(f.read()).hexdigest()
-    BIN = snap
-    ctx = {"items": n, "seed": a.seed, "workdir": workdir, "wm": Watermarks(),
-           "out": a.out, "name": name, "worker_env": worker_env,
-           "topic": f"bench-{RUN_ID}-input",
-           "naive_max": min(n, max(gen.ITEMS_PER_MSG, n // 10), 100_000),
-           "latency_msgs": 100 if a.smoke else 200}
-    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "smoke": a.smoke, "machine": machine(), "naive_max_items": ctx["naive_max"],
-              "latency_msgs": ctx["latency_msgs"], "run_id": RUN_ID,
-              "worker": {"sha256": bin_sha, "git": git_describe(), "extra_env": worker_env}}
+def run_main_phase(ctx, report, only):
+    """The main table (ceiling, naive, worker on an empty and a pre-filled table); fills
+    report's top-level fields. Returns the exit status (0, or 1 on a failure)."""
+    t0 = time.monotonic()
+    n, workdir = ctx["items"], ctx["workdir"]
     rows = []
     status = 0
     try:
-        stream = gen.Stream(n, a.seed)
+        stream = gen.Stream(n, ctx["seed"])
         ctx["stream"] = stream
         # One copy of the stream per contender that consumes it: the worker's latency phase
         # appends messages to its input topic, which the next consumer must not see.
@@ -806,7 +800,7 @@ def main():
         report["stream"] = {"items": n, "messages": stream.n_messages, "partitions": stream.partitions,
                             "items_per_message": stream.per_msg, "invalid_items": invalid,
                             "valid_items": n - invalid, "rows": len(state.rows), "bytes": size,
-                            "seed": a.seed, "produce_s": secs}
+                            "seed": ctx["seed"], "produce_s": secs}
         ctx["expected_file"] = os.path.join(workdir, "expected.copy")
         state.write_copy_file(ctx["expected_file"])
 
@@ -839,32 +833,168 @@ def main():
         log(f"FAILED: {e}")
         report["failed"] = str(e)
         status = 1
-    finally:
-        ctx["wm"].close()
     order = ["ceiling (empty)", "naive (empty)", "worker (empty)",
              "ceiling (pre-filled)", "naive (pre-filled)", "worker (pre-filled)"]
     rows.sort(key=lambda r: order.index(r["contender"]))
     report["contenders"] = rows
-    report["total_s"] = time.monotonic() - T_START
+    report["main_s"] = time.monotonic() - t0
     report["machine"]["loadavg_at_end"] = open("/proc/loadavg").read().split()[:3]
-    if "stream" in report:
-        write_results(a.out, name, report, rows)
-    print()
-    print(f"metadata-worker benchmark: {n:,} items, {report['machine']['nproc']} CPUs "
-          f"({report['machine']['cpu_model']}), {report['date']}")
-    print(text_table(rows))
-    print()
-    for r in rows:
-        b = r.get("batches")
-        if b:
-            print(f"{r['contender']}: {b['transactions']} transactions of {b['items_per_txn_mean']:.0f} "
-                  f"items; in the database {b['db_ms_sum'] / 1000:.1f}s, in flushes "
-                  f"{b['total_ms_sum'] / 1000:.1f}s of {r['seconds']:.1f}s; first result after "
-                  f"{r['first_result_s']:.1f}s, then {r['steady_items_per_s']:,.0f} items/s")
-    if status:
-        print(f"\nbench: FAILED: {report['failed'].splitlines()[0]}")
+    log(f"main phase done in {report['main_s']:.0f}s")
+    return status
+
+
+def int_list(text):
+    return [int(x.replace("_", "")) for x in text.split(",") if x.strip()]
+
+
+PHASES = ("main", "curves", "backlog")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--phases", help="comma-separated phases to run, in this order: main (the "
+                    "table above), curves (scale curves), backlog (bounded memory); default all "
+                    "three, main only with --smoke. Results of phases not run are kept from the "
+                    "results file (merged)")
+    ap.add_argument("--items", type=int, help="items of the main phase's stream (default 1,000,000)")
+    ap.add_argument("--smoke", action="store_true", help="50,000 items, quick (part of make test)")
+    ap.add_argument("--seed", type=int, default=gen.DEFAULT_SEED)
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--name", help="results file name (default: latest; smoke for --smoke; "
+                    "custom with --only or --worker-env)")
+    ap.add_argument("--only", default="ceiling,naive,worker",
+                    help="comma-separated contenders of the main phase (default: all three)")
+    ap.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="extra environment for the worker, e.g. TXN_MAX_ITEMS=20000 (repeatable)")
+    ap.add_argument("--curve-items", type=int, default=100_000, help="items per curve point")
+    ap.add_argument("--curve-items-one", type=int, default=20_000,
+                    help="items of the 1-item-per-message point")
+    ap.add_argument("--curve-per-msg", type=int_list, default=[1, 10, 100, 1000],
+                    help="items per message of the curve (default 1,10,100,1000)")
+    ap.add_argument("--curve-workers", type=int_list, default=[1, 2],
+                    help="worker processes of the curve (default 1,2)")
+    ap.add_argument("--curve-table-rows", type=int_list, default=[0, 1_000_000, 5_000_000],
+                    help="pre-filled rows of the curve (default 0,1000000,5000000)")
+    ap.add_argument("--backlog-items", type=int, default=5_000_000)
+    ap.add_argument("--backlog-seconds", type=float, default=60.0,
+                    help="longest time the worker drains the backlog while sampled")
+    a = ap.parse_args()
+    only = [c.strip() for c in a.only.split(",") if c.strip()]
+    if not only or set(only) - {"ceiling", "naive", "worker"}:
+        ap.error("--only takes ceiling, naive, worker")
+    phases_arg = a.phases or ("main" if a.smoke else ",".join(PHASES))
+    want = [p.strip() for p in phases_arg.split(",") if p.strip()]
+    if not want or set(want) - set(PHASES):
+        ap.error("--phases takes main, curves, backlog")
+    worker_env = {}
+    for kv in a.worker_env:
+        k, sep, v = kv.partition("=")
+        if not sep or not k:
+            ap.error(f"--worker-env {kv}: NAME=VALUE expected")
+        worker_env[k] = v
+    if not BROKERS:
+        print("bench: KAFKA_BROKERS is not set: run tests/bench/run.sh", file=sys.stderr)
+        return 2
+    n = a.items or (50_000 if a.smoke else 1_000_000)
+    name = a.name or ("custom" if worker_env or len(only) < 3 else "smoke" if a.smoke else "latest")
+    stack = os.environ.get("MW_STACK_DIR") or tempfile.gettempdir()
+    workdir = tempfile.mkdtemp(prefix="bench-", dir=stack)
+    os.chmod(workdir, 0o755)
+    os.makedirs(a.out, exist_ok=True)
+    # A copy of the binary: the tree may be rebuilt while the benchmark runs, and every
+    # contender must use one build (migrate and run alike).
+    global BIN
+    snap = os.path.join(workdir, "metadata-worker")
+    shutil.copy2(BIN, snap)
+    with open(snap, "rb") as f:
+        bin_sha = hashlib.sha256(f.read()).hexdigest()
+    BIN = snap
+    # phases.py imports this module as `bench`: let it find this very instance (BIN, RUN_ID).
+    sys.modules["bench"] = sys.modules[__name__]
+    import phases
+    worker_info = {"sha256": bin_sha, "git": git_describe(), "extra_env": worker_env}
+    ctx = {"items": n, "seed": a.seed, "workdir": workdir, "wm": Watermarks(),
+           "out": a.out, "name": name, "worker_env": worker_env, "worker_info": worker_info,
+           "topic": f"bench-{RUN_ID}-input",
+           "naive_max": min(n, max(gen.ITEMS_PER_MSG, n // 10), 100_000),
+           "latency_msgs": 100 if a.smoke else 200}
+    report = None
+    if "main" not in want:
+        # Keep the previous main table (and the phases not run now) of this results file.
+        try:
+            with open(os.path.join(a.out, f"{name}.json")) as f:
+                report = json.load(f)
+        except (OSError, ValueError):
+            report = {}
     else:
-        print(f"\nbench: ok in {report['total_s']:.0f}s; results in {os.path.join(a.out, name)}.json/.md")
+        report = {"date": now_iso(), "smoke": a.smoke, "machine": machine(),
+                  "naive_max_items": ctx["naive_max"], "latency_msgs": ctx["latency_msgs"],
+                  "run_id": RUN_ID, "worker": worker_info}
+        if a.out and not a.smoke:
+            try:  # keep the other phases' sections of the previous run
+                with open(os.path.join(a.out, f"{name}.json")) as f:
+                    old = json.load(f)
+                for key in ("curves", "backlog"):
+                    if key in old and key not in want:
+                        report[key] = old[key]
+            except (OSError, ValueError):
+                pass
+    status = 0
+    ran = []
+    try:
+        for phase in want:
+            log(f"phase {phase} (load average {' '.join(open('/proc/loadavg').read().split()[:3])})")
+            ran.append(phase)
+            if phase == "main":
+                status |= run_main_phase(ctx, report, only)
+                continue
+            t0 = time.monotonic()
+            try:
+                sec = (phases.run_curves if phase == "curves" else phases.run_backlog)(ctx, a)
+                if phase == "backlog" and not sec["ok"]:
+                    status = 1
+            except BenchError as e:
+                log(f"{phase} FAILED: {e}")
+                sec = {"date": now_iso(), "failed": str(e), "phase_s": time.monotonic() - t0}
+                status = 1
+            report[phase] = sec
+            log(f"phase {phase} done in {sec['phase_s']:.0f}s")
+    finally:
+        ctx["wm"].close()
+    total = time.monotonic() - T_START
+    if "main" in ran:
+        report["total_s"] = total
+    if "stream" in report or "curves" in ran or "backlog" in ran:
+        write_results(a.out, name, report)
+    if "main" in ran:
+        rows = report["contenders"]
+        print()
+        print(f"metadata-worker benchmark: {n:,} items, {report['machine']['nproc']} CPUs "
+              f"({report['machine']['cpu_model']}), {report['date']}")
+        print(text_table(rows))
+        print()
+        for r in rows:
+            b = r.get("batches")
+            if b:
+                print(f"{r['contender']}: {b['transactions']} transactions of {b['items_per_txn_mean']:.0f} "
+                      f"items; in the database {b['db_ms_sum'] / 1000:.1f}s, in flushes "
+                      f"{b['total_ms_sum'] / 1000:.1f}s of {r['seconds']:.1f}s; first result after "
+                      f"{r['first_result_s']:.1f}s, then {r['steady_items_per_s']:,.0f} items/s")
+        if report.get("failed"):
+            print(f"main phase FAILED: {report['failed'].splitlines()[0]}")
+        print(f"main phase: {report['main_s']:.0f}s")
+    for key, fn in (("curves", phases.curves_text), ("backlog", phases.backlog_text)):
+        if key in ran:
+            print()
+            sec = report[key]
+            if sec.get("failed"):
+                print(f"{key}: FAILED after {sec['phase_s']:.0f}s: {sec['failed'].splitlines()[0]}")
+            else:
+                print(fn(sec))
+    if status:
+        print(f"\nbench: FAILED in {total:.0f}s; results in {os.path.join(a.out, name)}.json/.md")
+    else:
+        print(f"\nbench: ok in {total:.0f}s; results in {os.path.join(a.out, name)}.json/.md")
     return status
 
 

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # `make bench`: builds the worker, starts its own throwaway PostgreSQL + Kafka stack
 # (tests/harness/stack.sh, stopped on exit), and runs tests/bench/bench.py, which prints the
-# results table and writes it to tests/bench/results/ (latest.json/.md; smoke.json/.md for
+# results and writes them to tests/bench/results/ (latest.json/.md; smoke.json/.md for
 # --smoke, so that `make test` does not overwrite the full run's figures).
-#   run.sh [--items N] [--smoke]     --smoke: 50,000 items, quick; non-zero exit on any failure
+#   run.sh [--items N] [--smoke] [--phases main,curves,backlog]
+#     phases (default all three, ~15 min): main (the contenders' table), curves (scale curves),
+#     backlog (peak RSS with 5M items waiting); a run without main merges into latest.*.
+#     --smoke: main only, 50,000 items, quick; non-zero exit on any failure
 #   Other options go to bench.py, e.g. --only worker --worker-env TXN_MAX_ITEMS=20000
 #   (results then in tests/bench/results/custom.*; see bench.py --help).
 set -euo pipefail
+self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/../.."
 py=/usr/bin/python3   # Debian's, which has python3-confluent-kafka and python3-psycopg2
 
@@ -17,7 +21,7 @@ while [ $# -gt 0 ]; do
              args+=(--items "$2"); shift 2 ;;
     --items=*) args+=(--items "${1#--items=}"); shift ;;
     --smoke) args+=(--smoke); shift ;;
-    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$self" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) args+=("$1"); shift ;;   # more options of bench.py (--only, --worker-env, --seed, ...)
   esac
 done

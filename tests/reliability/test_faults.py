@@ -160,17 +160,18 @@ class FaultTests(FaultBase):
     def test_5_graceful_stop_under_load(self):
         """SIGTERM under heavy load: exit 0 within the documented bound; a restarted worker
         neither skips nor re-applies anything (no result repeated: nothing consumed twice)."""
-        stream = Stream(int(80_000 * SCALE), self.partitions, seed=15)
+        stream = Stream(int(200_000 * SCALE), self.partitions, seed=15)
         reader = ResultsReader(self.results_topic)
         producer = self.start_stream(stream, 1)
         producer.join(120)
         w = self.start_worker()
-        time.sleep(2.5)
+        time.sleep(1.5)
         rc, secs = self.stop_worker(w)
         bound = 20 + 10  # SHUTDOWN_TIMEOUT_MS default + the consumer close deadline
         self.assertLess(secs, bound)
         reader.poll(2)
         done_before = len(reader.by_source)
+        self.assertLess(done_before, stream.expected_results, "the stop did not come under load")
         w2 = self.start_worker(name="worker2")
         self.finish(stream, producer, reader, [w, w2], "graceful stop",
                     stop_s=round(secs, 2), results_before_stop=done_before)

@@ -168,27 +168,27 @@ static const struct {
      IT("c", "k", ",\"eventId\":\"e3\",\"attributes\":null") ","
      IT("c", "k", ",\"eventId\":\"e4\",\"attributes\":[{\"name\":\"a\",\"value\":\"9\"},"
                   "{\"name\":\"d\",\"value\":null},{\"name\":\"d\",\"value\":\"5\"}]"),
-     "[" ROW("c", "k", ",\"eid\":\"e4\",\"attrs\":{\"a\":\"9\",\"b\":null,\"c\":\"3\",\"d\":\"5\"}",
+     "[" ROW("c", "k", ",\"eid\":\"e4\",\"aset\":{\"a\":\"9\",\"c\":\"3\",\"d\":\"5\"},\"adel\":[\"b\"]",
              4) "]"},
     {"a later null removes an earlier value",
      IT("c", "k", ",\"eventId\":\"e0\",\"attributes\":[{\"name\":\"a\",\"value\":\"1\"}]") ","
      IT("c", "k", ",\"eventId\":\"e1\",\"attributes\":[{\"name\":\"a\",\"value\":null}]"),
-     "[" ROW("c", "k", ",\"eid\":\"e1\",\"attrs\":{\"a\":null}", 1) "]"},
+     "[" ROW("c", "k", ",\"eid\":\"e1\",\"aset\":{},\"adel\":[\"a\"]", 1) "]"},
     {"attributes only on the first item",
      IT("c", "k", ",\"eventId\":\"e0\",\"attributes\":[{\"name\":\"a\",\"value\":\"1\"}]") ","
      IT("c", "k", ",\"eventId\":\"e1\",\"status\":\"s\""),
-     "[" ROW("c", "k", ",\"eid\":\"e1\",\"status\":\"s\",\"attrs\":{\"a\":\"1\"}", 1) "]"},
+     "[" ROW("c", "k", ",\"eid\":\"e1\",\"status\":\"s\",\"aset\":{\"a\":\"1\"}", 1) "]"},
     {"attributes only on the last item",
      IT("c", "k", ",\"eventId\":\"e0\",\"attributes\":null") ","
      IT("c", "k", ",\"eventId\":\"e1\",\"attributes\":[{\"name\":\"a\",\"value\":\"1\"}]"),
-     "[" ROW("c", "k", ",\"eid\":\"e1\",\"attrs\":{\"a\":\"1\"}", 1) "]"},
+     "[" ROW("c", "k", ",\"eid\":\"e1\",\"aset\":{\"a\":\"1\"}", 1) "]"},
     {"no attributes: no attrs member",
      IT("c", "k", ",\"eventId\":\"e0\"") ","
      IT("c", "k", ",\"eventId\":\"e1\",\"attributes\":null"),
      "[" ROW("c", "k", ",\"eid\":\"e1\"", 1) "]"},
     {"empty attributes: an empty patch",
      IT("c", "k", ",\"eventId\":\"e0\",\"attributes\":[]"),
-     "[" ROW("c", "k", ",\"eid\":\"e0\",\"attrs\":{}", 0) "]"},
+     "[" ROW("c", "k", ",\"eid\":\"e0\",\"aset\":{}", 0) "]"},
     {"different keys stay separate, in order of first appearance",
      IT("c1", "k1", ",\"eventId\":\"e0\",\"status\":\"a\"") ","
      IT("c1", "k2", ",\"eventId\":\"e1\",\"status\":\"b\"") ","
@@ -378,9 +378,9 @@ static void test_items_json(void **state) {
     /* The slow path works with or without a merge. */
     json_object *got = items_json(&p);
     static const char want[] =
-        "[" ROW("c", "k", ",\"eid\":\"e0\",\"status\":\"a\",\"attrs\":{\"x\":\"1\",\"y\":null}", 0)
+        "[" ROW("c", "k", ",\"eid\":\"e0\",\"status\":\"a\",\"aset\":{\"x\":\"1\"},\"adel\":[\"y\"]", 0)
         "," ROW("c", "k", ",\"eid\":\"e1\",\"phone\":\"p\"", 1)
-        "," ROW("d", "k", ",\"eid\":\"e2\",\"attrs\":{}", 2) "]";
+        "," ROW("d", "k", ",\"eid\":\"e2\",\"aset\":{}", 2) "]";
     expect_json("items before merge", got, want);
     json_object_put(got);
     assert_int_equal(plan_merge(&p), 0);
@@ -424,7 +424,7 @@ static void test_json_escaping(void **state) {
             assert_true(json_object_object_get_ex(r, fields[f].key, &v));
             assert_string_equal(json_object_get_string(v), fields[f].want);
         }
-        assert_true(json_object_object_get_ex(r, "attrs", &v));
+        assert_true(json_object_object_get_ex(r, "aset", &v));
         json_object *av;
         assert_true(json_object_object_get_ex(v, "n\"\\\n", &av));
         assert_string_equal(json_object_get_string(av), "v\"\x02");
@@ -483,7 +483,7 @@ static void test_reset_reuse(void **state) {
         /* Nothing of the first batch is left: no status, no attribute "a". */
         expect_json("after reset", got,
                     "[" ROW("c", "k", ",\"eid\":\"n0\",\"phone\":\"p\","
-                                      "\"attrs\":{\"b\":\"2\"}", 0) "]");
+                                      "\"aset\":{\"b\":\"2\"}", 0) "]");
         json_object_put(got);
         got = items_json(&p);
         assert_int_equal(json_object_array_length(got), 1);
