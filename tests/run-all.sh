@@ -54,6 +54,16 @@ if [ -d tests/compose ]; then
   step "containers and schemas" $py -m unittest discover -s tests/compose -p 'test_*.py' -v
 fi
 
+# `make run` itself, stopped as soon as it has shown the example ingested: 5 results, 5 rows.
+make_run_smoke() {
+  local out; out=$(MW_RUN_SMOKE=1 MW_RUN_STACK="$(mktemp -d /tmp/mw-run.XXXXXX)" \
+                   bash tests/harness/run-local.sh 2>/dev/null) || return 1
+  echo "$out" | grep -v '^{' | head -n 20
+  [ "$(echo "$out" | grep -c '^key=.*"error":""')" -eq 5 ] && echo "$out" | grep -q '^(5 rows)$' &&
+    echo "$out" | grep -q 'worker exited with status 0'
+}
+step "make run (smoke: 5 results, 5 rows)" make_run_smoke
+
 # A 50,000-item run of the benchmark, so that `make bench` cannot rot (its own stack).
 step "benchmark smoke (50,000 items)" bash tests/bench/run.sh --smoke
 

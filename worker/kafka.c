@@ -63,8 +63,10 @@ rd_kafka_t *kafka_consumer_new(const mw_config *cfg, kafka_rebalance_fn rebalanc
         "enable.auto.offset.store", "false",
         "auto.commit.interval.ms", "1000",
         "auto.offset.reset", "earliest",
-        /* Bounded prefetch keeps memory flat with a large backlog. */
-        "queued.max.messages.kbytes", "16384",
+        /* Bounded prefetch keeps memory flat with a large backlog (a message larger than
+         * these limits is still fetched, alone). */
+        "queued.max.messages.kbytes", "8192",
+        "fetch.max.bytes", "8388608",
         "fetch.wait.max.ms", "50",
         "session.timeout.ms", "30000",
         "max.poll.interval.ms", "300000",

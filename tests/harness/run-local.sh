@@ -42,4 +42,10 @@ The worker keeps running (Ctrl-C stops it and the stack). From another terminal:
   read results:     kcat -C -b $KAFKA_BROKERS -t $res -o beginning -e -q
   query the table:  psql "$DATABASE_URL" -c 'SELECT * FROM customer_metadata'
 EOT
+# MW_RUN_SMOKE=1 (used by make test): stop here, as a Ctrl-C would.
+if [ "${MW_RUN_SMOKE:-}" = 1 ]; then
+  kill -INT "$worker"; wait "$worker"; rc=$?; worker=""
+  echo "make run: worker exited with status $rc"
+  exit $rc
+fi
 wait "$worker"
