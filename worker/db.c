@@ -2,6 +2,7 @@
 #include "db.h"
 
 #include <libpq-fe.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,7 +13,8 @@
 
 struct mw_db {
     PGconn *conn;
-    char *url; /* NULL: PG* variables */
+    char *url;  /* NULL: PG* variables */
+    bool busy;  /* an asynchronous db_apply_send awaits its result */
 };
 
 mw_db *db_new(const mw_config *cfg) {
@@ -110,6 +112,11 @@ static enum db_status classify(mw_db *db, PGresult *res, char *errstr, size_t er
 /* Runs one parameterised statement; on success *out holds the result (caller clears). */
 static enum db_status exec(mw_db *db, const char *sql, int n, const char *const *params,
                            ExecStatusType want, PGresult **out, char *errstr, size_t errstr_size) {
+    if (db->busy) {
+        /* The caller must wait for the asynchronous statement first. */
+        snprintf(errstr, errstr_size, "the connection is busy with a batch");
+        return DB_TRANSIENT;
+    }
     enum db_status st = db_connect(db, errstr, errstr_size);
     if (st != DB_OK) return st;
     PGresult *res = PQexecParams(db->conn, sql, n, NULL, params, NULL, NULL, 0);
@@ -274,6 +281,70 @@ static enum db_status apply_call(mw_db *db, const char *sql, const char *group, 
     free(exp);
     free(nxt);
     free(ack);
+    return st;
+}
+
+int db_busy(const mw_db *db) { return db->busy; }
+
+enum db_status db_apply_send(mw_db *db, const char *group, const char *topic,
+                             const mw_offsets *o, const char *rows_doc, char *errstr,
+                             size_t errstr_size) {
+    enum db_status st = db_connect(db, errstr, errstr_size);
+    if (st != DB_OK) return st;
+    char *parts = num_array(o->part, o->n, 0);
+    char *exp = num_array(o->expected, o->n, 1);
+    char *nxt = num_array(o->next, o->n, 1);
+    char *ack = num_array(o->acked, o->n, 1);
+    st = DB_OK;
+    if (!parts || !exp || !nxt || !ack) {
+        snprintf(errstr, errstr_size, "out of memory");
+        st = DB_TRANSIENT;
+    } else {
+        const char *p[] = {group, topic, parts, exp, nxt, ack, rows_doc};
+        if (!PQsendQueryParams(db->conn,
+                               "SELECT customer_metadata_apply($1, $2, $3::integer[], $4::bigint[],"
+                               " $5::bigint[], $6::bigint[], $7::json)",
+                               7, NULL, p, NULL, NULL, 0))
+            st = classify(db, NULL, errstr, errstr_size);
+        else
+            db->busy = true;
+    }
+    free(parts);
+    free(exp);
+    free(nxt);
+    free(ack);
+    return st;
+}
+
+int db_socket(const mw_db *db) { return db->conn ? PQsocket(db->conn) : -1; }
+
+enum db_status db_apply_poll(mw_db *db, int *done, char *errstr, size_t errstr_size) {
+    *done = 0;
+    if (!db->busy) {
+        *done = 1;
+        return DB_OK;
+    }
+    if (!PQconsumeInput(db->conn)) {
+        db->busy = false;
+        *done = 1;
+        return classify(db, NULL, errstr, errstr_size);
+    }
+    if (PQisBusy(db->conn)) return DB_OK;
+    /* The statement's result, then NULL: read both so the connection is idle again. */
+    enum db_status st = DB_OK;
+    PGresult *res;
+    bool failed = false;
+    while ((res = PQgetResult(db->conn)) != NULL) {
+        if (!failed && PQresultStatus(res) != PGRES_TUPLES_OK) {
+            failed = true;
+            db->busy = false;
+            st = classify(db, res, errstr, errstr_size);
+        }
+        PQclear(res);
+        if (!db->conn) break;
+    }
+    db->busy = false;
+    *done = 1;
     return st;
 }
 

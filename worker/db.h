@@ -67,6 +67,18 @@ enum db_status db_apply(mw_db *db, const char *group, const char *topic, const m
                         const char *rows_doc, char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));
 
+/* The same, asynchronously: db_apply_send sends the statement; db_apply_poll reads what
+ * arrived without blocking and sets *done with the status once the result is in. Until
+ * then db_busy is true and every other call answers DB_TRANSIENT. db_socket gives the
+ * connection's socket to wait on (-1 when not connected). */
+enum db_status db_apply_send(mw_db *db, const char *group, const char *topic,
+                             const mw_offsets *o, const char *rows_doc, char *errstr,
+                             size_t errstr_size) __attribute__((warn_unused_result));
+enum db_status db_apply_poll(mw_db *db, int *done, char *errstr, size_t errstr_size)
+    __attribute__((warn_unused_result));
+int db_busy(const mw_db *db);
+int db_socket(const mw_db *db);
+
 /* The slow path: offsets, then each item on its own; rejected items are recorded and
  * reported through cb. */
 enum db_status db_apply_isolated(mw_db *db, const char *group, const char *topic,

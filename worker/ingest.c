@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -32,6 +33,10 @@ typedef struct pend_msg {
     bool replay;     /* already applied to PostgreSQL: results only */
     int db_rejects;
     char **db_err;   /* per item, allocated at the first reject */
+    /* Kept when the decoded tree is freed (a flight keeps only the raw message: a repeat
+     * decodes it again, with the same outcome). */
+    int n_items, invalid;
+    bool bad, decoded;
 } pend_msg;
 
 typedef struct part_state {
@@ -40,6 +45,8 @@ typedef struct part_state {
     int64_t acked;   /* every result below it is acknowledged by Kafka, -1: none known */
     bool known;      /* pg_next was read since the partition was assigned */
 } part_state;
+
+#define MAX_TXN_PARTS 1024 /* partitions one transaction may cover */
 
 typedef struct ingest {
     const mw_config *cfg;
@@ -63,6 +70,14 @@ typedef struct ingest {
     int n_flights;
     int64_t deadline_ms;    /* set once a stop is asked for */
     int64_t last_ping_ms;   /* last readiness check of PostgreSQL while idle */
+    /* The transaction being flushed: its offsets, and the asynchronous statement's state. */
+    mw_offsets o;
+    int32_t o_part[MAX_TXN_PARTS];
+    int64_t o_expected[MAX_TXN_PARTS], o_next[MAX_TXN_PARTS], o_acked[MAX_TXN_PARTS];
+    bool flushing;          /* the happy-path statement is in PostgreSQL's hands */
+    int64_t db_t0;
+    int flush_n, flush_items;
+    int64_t flush_t0;
     mw_metrics *m;
     mw_http *http;
     bool fatal;
@@ -107,7 +122,7 @@ static void part_remove(ingest *ing, int32_t part) {
 
 static void pend_release(pend_msg *m) {
     if (m->db_err) {
-        for (int i = 0; i < m->batch.n_items; i++) free(m->db_err[i]);
+        for (int i = 0; i < m->n_items; i++) free(m->db_err[i]);
         free(m->db_err);
     }
     batch_free(&m->batch);
@@ -129,6 +144,10 @@ static void pend_append(ingest *ing, rd_kafka_message_t *rkm) {
     if (batch_decode(&m->batch, ing->tok, rkm->payload, rkm->len, &src,
                      ing->cfg->max_batch_items) != 0)
         goto oom;
+    m->decoded = true;
+    m->n_items = m->batch.n_items;
+    m->invalid = m->batch.invalid_count;
+    m->bad = m->batch.bad_request != NULL;
     if (ing->pend_items == 0) ing->pend_since_ms = now_ms();
     ing->n_pend++;
     ing->pend_items += m->batch.n_items ? m->batch.n_items : 1;
@@ -297,14 +316,18 @@ static enum db_status load_offsets(ingest *ing) {
 }
 
 /* One attempt at the database side of the flush. */
-static enum db_status apply_once(ingest *ing) {
+/* Plans the flush's transaction: which messages are replays, the merged rows and the
+ * offsets to move (kept in ing->o* for after the statement). *empty when there is nothing
+ * to write. */
+static enum db_status prepare(ingest *ing, bool *empty) {
+    *empty = true;
     enum db_status st = load_offsets(ing);
     if (st != DB_OK) return st;
     clear_rejects(ing);
     plan_reset(&ing->plan);
 
-    int32_t parts[256];
-    int64_t expected[256], next[256], acked[256];
+    int32_t *parts = ing->o_part;
+    int64_t *expected = ing->o_expected, *next = ing->o_next, *acked = ing->o_acked;
     int np = 0;
     for (int i = 0; i < ing->n_pend; i++) {
         pend_msg *m = &ing->pend[i];
@@ -325,7 +348,7 @@ static enum db_status apply_once(ingest *ing) {
         int k = 0;
         while (k < np && parts[k] != m->rkm->partition) k++;
         if (k == np) {
-            if (np == 256) return DB_FATAL;
+            if (np == MAX_TXN_PARTS) return DB_FATAL;
             parts[np] = m->rkm->partition;
             expected[np] = ps ? ps->pg_next : -1;
             acked[np] = ps ? ps->acked : -1;
@@ -333,10 +356,11 @@ static enum db_status apply_once(ingest *ing) {
         }
         next[k] = m->rkm->offset + 1;
     }
+    ing->o = (mw_offsets){np, parts, expected, next, acked};
     if (ing->plan.n_items == 0) return DB_OK;
+    *empty = false;
 
     /* Lock order: partitions ascending, so two workers never deadlock on offsets. */
-    mw_offsets o = {np, parts, expected, next, acked};
     for (int i = 1; i < np; i++)
         for (int j = i; j > 0 && parts[j - 1] > parts[j]; j--) {
             int32_t tp = parts[j]; parts[j] = parts[j - 1]; parts[j - 1] = tp;
@@ -344,7 +368,6 @@ static enum db_status apply_once(ingest *ing) {
             int64_t tn = next[j]; next[j] = next[j - 1]; next[j - 1] = tn;
             int64_t ta = acked[j]; acked[j] = acked[j - 1]; acked[j - 1] = ta;
         }
-
     if (plan_merge(&ing->plan)) {
         snprintf(ing->errstr, sizeof ing->errstr, "out of memory");
         return DB_TRANSIENT;
@@ -355,27 +378,30 @@ static enum db_status apply_once(ingest *ing) {
         snprintf(ing->errstr, sizeof ing->errstr, "out of memory");
         return DB_TRANSIENT;
     }
-    int64_t t0 = now_ms();
-    st = db_apply(ing->db, ing->cfg->group_id, ing->cfg->input_topic, &o, ing->doc.buf,
-                  ing->errstr, sizeof ing->errstr);
-    if (st == DB_DATA) atomic_fetch_add(&ing->m->db_errors[DBC_DATA], 1);
+    return DB_OK;
+}
+
+/* After the happy-path statement returned st: isolates refused items (slow path), moves
+ * the cached offsets on success, forgets them on failure. */
+static enum db_status applied(ingest *ing, enum db_status st) {
     if (st == DB_DATA) {
+        atomic_fetch_add(&ing->m->db_errors[DBC_DATA], 1);
         log_write(LOG_WARN, "PostgreSQL refused an item: applying the batch item by item",
                   LF_S("error", ing->errstr), LF_I("items", ing->plan.n_items), LF_END);
         jsonw_reset(&ing->doc);
         plan_items_json(&ing->plan, &ing->doc);
-        st = db_apply_isolated(ing->db, ing->cfg->group_id, ing->cfg->input_topic, &o,
+        st = db_apply_isolated(ing->db, ing->cfg->group_id, ing->cfg->input_topic, &ing->o,
                                ing->doc.buf, on_reject, ing, ing->errstr, sizeof ing->errstr);
         /* A data error now (outside any item) cannot be isolated. */
         if (st == DB_DATA) st = DB_FATAL;
     }
     if (st == DB_OK) {
-        for (int k = 0; k < np; k++) {
-            part_state *ps = part_find(ing, parts[k]);
-            if (ps) ps->pg_next = next[k];
+        for (int k = 0; k < ing->o.n; k++) {
+            part_state *ps = part_find(ing, ing->o.part[k]);
+            if (ps) ps->pg_next = ing->o.next[k];
         }
         atomic_fetch_add(&ing->m->db_transactions, 1);
-        metrics_observe(&ing->m->db_seconds, (double)(now_ms() - t0) / 1000.0);
+        metrics_observe(&ing->m->db_seconds, (double)(now_ms() - ing->db_t0) / 1000.0);
         metrics_observe(&ing->m->batch_items, ing->plan.n_items);
     } else {
         /* Read the offsets again before retrying: another worker may have moved them. */
@@ -383,6 +409,17 @@ static enum db_status apply_once(ingest *ing) {
         clear_rejects(ing);
     }
     return st;
+}
+
+/* One synchronous attempt at the database side of the flush (retries, slow path). */
+static enum db_status apply_once(ingest *ing) {
+    bool empty;
+    enum db_status st = prepare(ing, &empty);
+    if (st != DB_OK || empty) return st;
+    ing->db_t0 = now_ms();
+    st = db_apply(ing->db, ing->cfg->group_id, ing->cfg->input_topic, &ing->o, ing->doc.buf,
+                  ing->errstr, sizeof ing->errstr);
+    return applied(ing, st);
 }
 
 /* Rebuilds the database rejects of replayed messages (for identical results). */
@@ -421,7 +458,7 @@ typedef struct flight {
     struct flight *next;
 } flight;
 
-#define MAX_FLIGHTS 2
+#define MAX_FLIGHTS 1
 
 static void flight_free(flight *f) {
     for (int i = 0; i < f->n; i++) pend_release(&f->msgs[i]);
@@ -470,6 +507,15 @@ static void produce_results(ingest *ing, flight *f) {
     f->attempts++;
     for (int i = 0; i < f->n; i++) {
         pend_msg *m = &f->msgs[i];
+        if (!m->decoded) {
+            mw_source src = {ing->cfg->input_topic, m->rkm->partition, m->rkm->offset};
+            if (batch_decode(&m->batch, ing->tok, m->rkm->payload, m->rkm->len, &src,
+                             ing->cfg->max_batch_items) != 0) {
+                f->failed++; /* out of memory: tried again with the flight */
+                continue;
+            }
+            m->decoded = true;
+        }
         const mw_batch *b = &m->batch;
         if (b->bad_request) {
             produce_dead_letter(ing, f, m);
@@ -477,6 +523,8 @@ static void produce_results(ingest *ing, flight *f) {
             result_message(&ing->out, b, NULL, b->bad_request, 1);
             produce(ing, f, ing->cfg->results_topic, b->bad_event_id, MW_UUID_STR_LEN,
                     ing->out.buf, ing->out.len, NULL);
+            batch_free(&m->batch);
+            m->decoded = false;
             continue;
         }
         int errors = b->invalid_count + m->db_rejects;
@@ -488,6 +536,9 @@ static void produce_results(ingest *ing, flight *f) {
             produce(ing, f, ing->cfg->results_topic, it->f[F_EVENT].p, it->f[F_EVENT].n,
                     ing->out.buf, ing->out.len, NULL);
         }
+        /* The results are copied into the producer: the tree is not needed any more. */
+        batch_free(&m->batch);
+        m->decoded = false;
     }
 }
 
@@ -499,14 +550,14 @@ static void count_outcomes(ingest *ing, const flight *f) {
     for (int i = 0; i < f->n; i++) {
         const pend_msg *m = &f->msgs[i];
         if (m->replay) atomic_fetch_add(&ing->m->replayed_messages, 1);
-        if (m->batch.bad_request) {
+        if (m->bad) {
             atomic_fetch_add(&ing->m->bad_requests, 1);
             atomic_fetch_add(&ing->m->dead_letters, 1);
         }
-        int bad = m->batch.invalid_count, rej = m->db_rejects;
+        int bad = m->invalid, rej = m->db_rejects;
         atomic_fetch_add(&ing->m->items[OUT_BAD_PARAMS], (unsigned long long)bad);
         atomic_fetch_add(&ing->m->items[OUT_DB_REJECTED], (unsigned long long)rej);
-        atomic_fetch_add(&ing->m->items[OUT_OK], (unsigned long long)(m->batch.n_items - bad - rej));
+        atomic_fetch_add(&ing->m->items[OUT_OK], (unsigned long long)(m->n_items - bad - rej));
         rd_kafka_timestamp_type_t tt;
         int64_t t = rd_kafka_message_timestamp(m->rkm, &tt);
         if (t > 0 && wall >= t) metrics_observe(&ing->m->result_seconds, (double)(wall - t) / 1000.0);
@@ -602,20 +653,11 @@ static flight *flight_take(ingest *ing) {
     return f;
 }
 
-static void flush(ingest *ing) {
-    int n = 0, items = 0;
-    for (int i = 0; i < ing->n_pend; i++) {
-        ing->pend[i].in_flush = true;
-        n++;
-        items += ing->pend[i].batch.n_items;
-    }
-    ing->pend_items = 0;
-    if (!n) return;
-    int64_t t0 = now_ms();
-
-    enum db_status st;
+/* The rest of a flush once its first database attempt returned st: retries (with backoff,
+ * synchronously), replayed messages' rejects, then its results into a new flight. */
+static void flush_continue(ingest *ing, enum db_status st) {
     for (int attempt = 0;; attempt++) {
-        st = apply_once(ing);
+        if (attempt > 0) st = apply_once(ing);
         if (st == DB_OK) st = load_replay_rejects(ing);
         atomic_store(&ing->m->db_up, st != DB_TRANSIENT);
         if (st == DB_OK) break;
@@ -637,26 +679,82 @@ static void flush(ingest *ing) {
     }
     produce_results(ing, f);
     set_paused(ing, false);
-    log_write(LOG_DEBUG, "batch done", LF_I("messages", n), LF_I("items", items),
-              LF_I("db_ms", t1 - t0), LF_I("total_ms", now_ms() - t0), LF_END);
+    log_write(LOG_DEBUG, "batch done", LF_I("messages", ing->flush_n),
+              LF_I("items", ing->flush_items), LF_I("db_ms", t1 - ing->flush_t0),
+              LF_I("total_ms", now_ms() - ing->flush_t0), LF_END);
     /* Bounded memory: at most MAX_FLIGHTS transactions await their acknowledgements. */
+    int64_t wait_start = now_ms();
     while (ing->n_flights > MAX_FLIGHTS && !ing->fatal && !past_deadline(ing)) {
         drain_flights(ing, false);
         if (ing->n_flights > MAX_FLIGHTS) {
             atomic_store(&ing->m->heartbeat_ms, now_ms());
             rd_kafka_poll(ing->producer, 20);
+            /* Kafka unreachable for a while: keep serving the group, partitions paused. */
+            if (now_ms() - wait_start > 1000) keepalive(ing, 0);
         }
     }
     drain_flights(ing, false);
     return;
 abandon:
-    log_write(LOG_WARN, "batch abandoned: its messages will be consumed again", LF_I("messages", n),
-              LF_END);
+    log_write(LOG_WARN, "batch abandoned: its messages will be consumed again",
+              LF_I("messages", ing->flush_n), LF_END);
     /* Nothing stored for these messages; drop everything pending so that no later message
      * of their partitions is committed past them. */
     for (int i = 0; i < ing->n_pend; i++) ing->pend[i].in_flush = true;
     pend_compact(ing);
     set_paused(ing, false);
+}
+
+/* Starts flushing every pending message as one transaction. On the happy path the
+ * statement is sent and the flush goes on in flush_poll, so that the next messages are
+ * consumed and decoded while PostgreSQL works. */
+static void flush_begin(ingest *ing) {
+    ing->flush_n = ing->flush_items = 0;
+    for (int i = 0; i < ing->n_pend; i++) {
+        ing->pend[i].in_flush = true;
+        ing->flush_n++;
+        ing->flush_items += ing->pend[i].batch.n_items;
+    }
+    ing->pend_items = 0;
+    if (!ing->flush_n) return;
+    ing->flush_t0 = now_ms();
+    bool empty;
+    enum db_status st = prepare(ing, &empty);
+    if (st == DB_OK && !empty) {
+        ing->db_t0 = now_ms();
+        st = db_apply_send(ing->db, ing->cfg->group_id, ing->cfg->input_topic, &ing->o,
+                           ing->doc.buf, ing->errstr, sizeof ing->errstr);
+        if (st == DB_OK) {
+            ing->flushing = true;
+            return;
+        }
+        st = applied(ing, st);
+    }
+    flush_continue(ing, st);
+}
+
+/* Completes the flush in hand if PostgreSQL has answered (or, with wait, once it has). */
+static void flush_poll(ingest *ing, bool wait) {
+    while (ing->flushing) {
+        int done = 0;
+        enum db_status st = db_apply_poll(ing->db, &done, ing->errstr, sizeof ing->errstr);
+        if (done) {
+            ing->flushing = false;
+            flush_continue(ing, applied(ing, st));
+            return;
+        }
+        if (!wait) return;
+        struct pollfd pfd = {db_socket(ing->db), POLLIN, 0};
+        if (pfd.fd >= 0) poll(&pfd, 1, 100);
+        atomic_store(&ing->m->heartbeat_ms, now_ms());
+    }
+}
+
+/* A whole flush, synchronously (at a stop). */
+static void flush(ingest *ing) {
+    flush_poll(ing, true);
+    flush_begin(ing);
+    flush_poll(ing, true);
 }
 
 /* ---- callbacks ---- */
@@ -875,19 +973,32 @@ int ingest_run(const mw_config *cfg, volatile sig_atomic_t *run) {
               LF_S("dlq_topic", cfg->dlq_topic), LF_END);
 
     while (!ing->fatal && !stopping(ing)) {
+        atomic_store(&ing->m->heartbeat_ms, now_ms());
+        if (ing->flushing && ing->pend_items >= cfg->txn_max_items) {
+            /* The next transaction is full: wait for PostgreSQL, not for more messages. */
+            flush_poll(ing, false);
+            if (ing->flushing) {
+                struct pollfd pfd = {db_socket(ing->db), POLLIN, 0};
+                if (pfd.fd >= 0) poll(&pfd, 1, 5);
+            }
+            rd_kafka_poll(ing->producer, 0);
+            continue;
+        }
         int timeout = 100;
-        if (ing->pend_items) {
+        if (ing->flushing) timeout = 1;
+        else if (ing->pend_items) {
             int64_t left = ing->pend_since_ms + cfg->txn_max_wait_ms - now_ms();
             timeout = left < 0 ? 0 : (int)left;
         }
-        atomic_store(&ing->m->heartbeat_ms, now_ms());
         rd_kafka_message_t *rkm = rd_kafka_consumer_poll(ing->consumer, timeout);
         if (rkm) handle_message(ing, rkm);
+        flush_poll(ing, false);
         drain_flights(ing, false);
-        if (!ing->n_pend) idle_ping(ing);
-        if (ing->pend_items && (ing->pend_items >= cfg->txn_max_items ||
-                                now_ms() - ing->pend_since_ms >= cfg->txn_max_wait_ms))
-            flush(ing);
+        if (!ing->n_pend && !ing->flushing) idle_ping(ing);
+        if (!ing->flushing && ing->pend_items &&
+            (ing->pend_items >= cfg->txn_max_items ||
+             now_ms() - ing->pend_since_ms >= cfg->txn_max_wait_ms))
+            flush_begin(ing);
     }
     /* Finish the batch in hand and its acknowledgements (bounded by the stop deadline),
      * then leave the group. */

@@ -26,8 +26,8 @@ and orders them, --smoke runs main only):
            message; 1 and 2 worker processes; 0, 1M and 5M rows already in the table.
   backlog  bounded memory: 5M items waiting in Kafka, the worker's RSS sampled every 0.5 s
            while it drains them for 60 s; a peak of 128 MB or more fails the run.
-Each phase writes its section into the same results file; a run without the main phase keeps
-the main table (and any phase not run) of the previous results file: they are merged.
+Each phase writes its section into the same results file; the sections of phases not run
+(the main table included) are kept from the file: they are merged when the run ends.
 
 Needs the env of tests/harness/stack.sh (KAFKA_BROKERS, PGHOST, PGPORT, PGUSER, MW_STACK_DIR).
 Run with Debian's /usr/bin/python3 (python3-confluent-kafka, python3-psycopg2).
@@ -746,6 +746,34 @@ def main_md(report, rows):
     return md
 
 
+SECTIONS = ("curves", "backlog")
+
+
+def merge_write(out_dir, name, report, ran):
+    """Writes this run's sections into NAME.json/.md, keeping the others from the file as it
+    is now (re-read under a lock, so that concurrent runs do not lose each other's sections):
+    the main table unless main ran, and each phase that did not run."""
+    import fcntl
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f".{name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            with open(os.path.join(out_dir, f"{name}.json")) as f:
+                old = json.load(f)
+        except (OSError, ValueError):
+            old = {}
+        if "main" in ran:
+            merged = {k: v for k, v in report.items() if k not in SECTIONS}
+        else:
+            merged = {k: v for k, v in old.items() if k not in SECTIONS}
+        for key in SECTIONS:
+            if key in ran and key in report:
+                merged[key] = report[key]
+            elif key in old:
+                merged[key] = old[key]
+        write_results(out_dir, name, merged)
+
+
 def write_results(out_dir, name, report):
     """Writes NAME.json and NAME.md: the main table (when the report holds one, from this run
     or kept from the previous one), then the scale curves and the backlog sections."""
@@ -918,27 +946,13 @@ def main():
            "topic": f"bench-{RUN_ID}-input",
            "naive_max": min(n, max(gen.ITEMS_PER_MSG, n // 10), 100_000),
            "latency_msgs": 100 if a.smoke else 200}
-    report = None
-    if "main" not in want:
-        # Keep the previous main table (and the phases not run now) of this results file.
-        try:
-            with open(os.path.join(a.out, f"{name}.json")) as f:
-                report = json.load(f)
-        except (OSError, ValueError):
-            report = {}
-    else:
+    # This run's sections only: the top-level fields of the main phase and one key per other
+    # phase; merged into the results file when written (merge_write).
+    report = {}
+    if "main" in want:
         report = {"date": now_iso(), "smoke": a.smoke, "machine": machine(),
                   "naive_max_items": ctx["naive_max"], "latency_msgs": ctx["latency_msgs"],
                   "run_id": RUN_ID, "worker": worker_info}
-        if a.out and not a.smoke:
-            try:  # keep the other phases' sections of the previous run
-                with open(os.path.join(a.out, f"{name}.json")) as f:
-                    old = json.load(f)
-                for key in ("curves", "backlog"):
-                    if key in old and key not in want:
-                        report[key] = old[key]
-            except (OSError, ValueError):
-                pass
     status = 0
     ran = []
     try:
@@ -965,7 +979,7 @@ def main():
     if "main" in ran:
         report["total_s"] = total
     if "stream" in report or "curves" in ran or "backlog" in ran:
-        write_results(a.out, name, report)
+        merge_write(a.out, name, report, ran)
     if "main" in ran:
         rows = report["contenders"]
         print()

@@ -1,7 +1,9 @@
 """The benchmark's extra phases, run by bench.py after the main table (--phases).
 
-  curves   scale curves of the worker, each point a short run on a fresh database and topics
-           (start of the process(es) -> one result per item in the results topic):
+  curves   scale curves of the worker, each point a short run on a fresh database and topics:
+           the worker process(es) start on the empty input topic; once every one holds its
+           partitions, the pre-encoded stream is produced at full speed and timed from the
+           first produce to one result per item in the results topic:
              items per message   1, 10, 100, 1,000 (gen.Stream, 6 partitions, one worker,
                                  empty table; 20,000 items for 1 per message, else --curve-items)
              worker processes    1 and 2 in one consumer group (100 items per message; the
@@ -124,42 +126,100 @@ def stop_workers(procs, label):
         raise BenchError(f"{label}: worker exit statuses on SIGTERM: {rcs}")
 
 
-def time_workers(ctx, tag, db, topic, n, k):
-    """Starts k worker processes on topic; returns the figures once the results topic holds
-    one result per item (n)."""
+class Assignment:
+    """Follows the partitions each worker holds, from its log ("partition assigned",
+    "partition revoked", "partition lost" lines)."""
+
+    def __init__(self, logs):
+        self.logs = logs
+        self.pos = [0] * len(logs)
+        self.held = [set() for _ in logs]
+        self.rebalances = 0
+
+    def poll(self):
+        for i, name in enumerate(self.logs):
+            with open(name, "rb") as f:
+                f.seek(self.pos[i])
+                data = f.read()
+            end = data.rfind(b"\n") + 1
+            self.pos[i] += end
+            for line in data[:end].splitlines():
+                if b'"msg":"partition ' not in line:
+                    continue
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue
+                if ev.get("msg") == "partition assigned":
+                    self.held[i].add(ev.get("partition"))
+                    self.rebalances += 1
+                elif ev.get("msg") in ("partition revoked", "partition lost"):
+                    self.held[i].discard(ev.get("partition"))
+
+    def settled(self, n_parts):
+        """Every worker holds partitions, and all n_parts are held."""
+        return all(self.held) and sum(len(h) for h in self.held) == n_parts
+
+
+def time_workers(ctx, tag, db, topic, payloads, n, k):
+    """Starts k worker processes on the (empty) input topic and waits until every one holds
+    its partitions; then produces the pre-encoded payloads ([(partition, bytes)], n items) as
+    fast as it can and returns the figures once the results topic holds one result per item.
+    Timed from the first produce: the group's start-up (join, rebalances of several
+    processes) is left out; producing is much faster than the worker, so it drains a backlog."""
     env = worker_env(ctx, tag, db, topic)
     results = env["KAFKA_RESULTS_TOPIC"]
     wm = ctx["wm"]
     logs = [os.path.join(ctx["workdir"], f"{tag}-{i}.log") for i in range(k)]
-    bench.checkpoint()
-    meter = bench.CpuMeter()
-    t0 = time.monotonic()
     procs = []
     try:
+        t_launch = time.monotonic()
         for lf_name in logs:
             with open(lf_name, "wb") as lf:
                 procs.append(subprocess.Popen([bench.BIN, "run"], env=env,
                                               stdout=subprocess.DEVNULL, stderr=lf))
+
+        def check_alive(got):
+            for p, lf_name in zip(procs, logs):
+                if p.poll() is not None:
+                    raise BenchError(f"{tag}: a worker exited {p.returncode} with {got} of {n} "
+                                     f"results; log: {lf_name}\n" + bench.tail(lf_name))
+
+        asg = Assignment(logs)
+        while True:
+            time.sleep(0.1)
+            asg.poll()
+            if asg.settled(gen.PARTITIONS):
+                break
+            check_alive(0)
+            if time.monotonic() - t_launch > 90:
+                raise BenchError(f"{tag}: partitions not assigned to all {k} workers after 90s: "
+                                 f"{[sorted(h) for h in asg.held]}")
+        join_s = time.monotonic() - t_launch
+        time.sleep(0.5)  # let the last assignment's offset look-ups finish
+        bench.checkpoint()
+        cpu0 = sum(bench.proc_times(p.pid)[0] for p in procs)
+        meter = bench.CpuMeter()
+        t0 = time.monotonic()
+        psecs, nbytes = produce_all(topic, payloads)
         deadline = t0 + 120 + n / 500
         t_first, n_first = None, 0
         while True:
-            time.sleep(0.1)
             got = wm.total(results, 6)
             now = time.monotonic()
             if got and t_first is None:
                 t_first, n_first = now, got
             if got >= n:
                 break
-            for p, lf_name in zip(procs, logs):
-                if p.poll() is not None:
-                    raise BenchError(f"{tag}: a worker exited {p.returncode} with {got} of {n} "
-                                     f"results; log: {lf_name}\n" + bench.tail(lf_name))
+            check_alive(got)
             if now > deadline:
                 raise BenchError(f"{tag}: only {got} of {n} results after {now - t0:.0f}s")
+            time.sleep(0.1)
         t_end = time.monotonic()
-        cpu = sum(bench.proc_times(p.pid)[0] for p in procs)
+        cpu = sum(bench.proc_times(p.pid)[0] for p in procs) - cpu0
         others = meter.stop(cpu)
         rss = max(bench.vm_hwm_mb(p.pid) for p in procs)
+        asg.poll()
         time.sleep(0.5)
         extra = wm.total(results, 6) - n
         stop_workers(procs, tag)
@@ -173,6 +233,11 @@ def time_workers(ctx, tag, db, topic, n, k):
         for lf_name in logs:
             with open(lf_name, "rb") as f:
                 out.write(f.read())
+    with open(os.path.join(ctx["out"], f"{ctx['name']}-curves-worker.log"), "ab") as out:
+        for i, lf_name in enumerate(logs):
+            out.write(json.dumps({"bench": tag, "worker": i}).encode() + b"\n")
+            with open(lf_name, "rb") as f:
+                out.write(f.read())
     secs = t_end - t0
     # Steady: from the first result on (the first transaction's items excluded); None when
     # every result came at once.
@@ -180,6 +245,8 @@ def time_workers(ctx, tag, db, topic, n, k):
     b = bench.batch_stats(merged, secs)
     return {"items": n, "workers": k, "seconds": secs, "items_per_s": n / secs,
             "steady_items_per_s": steady, "first_result_s": (t_first or t_end) - t0,
+            "produce_s": psecs, "bytes": nbytes, "join_s": join_s,
+            "partitions_held_at_end": [sorted(h) for h in asg.held],
             "worker_cpu_s": cpu, "cpu_s_per_m": bench.per_m(cpu, n),
             "pg_cpu_s_per_m": bench.per_m(others["pg"], n),
             "broker_cpu_s_per_m": bench.per_m(others["broker"], n),
@@ -199,16 +266,20 @@ def gen_point(ctx, tag, n, per_msg, k):
     stream = gen.Stream(n, ctx["seed"], per_msg=per_msg)
     bench.create_topics([(topic, stream.partitions)])
     fresh_db(db)
-    psecs, state, invalid, size = bench.produce_stream(stream, [topic])
+    state = gen.State()
+    payloads, invalid = [], 0
+    for _m, p, off, payload, items, inv in stream.payloads():
+        state.apply_message(p, off, items, inv)
+        invalid += sum(inv)
+        payloads.append((p, payload))
     exp = os.path.join(ctx["workdir"], f"{tag}-expected.copy")
     state.write_copy_file(exp)
-    log(f"{tag}: produced {n:,} items in {stream.n_messages:,} messages ({size / 1e6:.0f} MB) "
-        f"in {psecs:.1f}s; running {k} worker(s)")
-    r = time_workers(ctx, tag, db, topic, n, k)
+    log(f"{tag}: {n:,} items in {stream.n_messages:,} messages encoded; {k} worker(s)")
+    r = time_workers(ctx, tag, db, topic, payloads, n, k)
     bench.verify(db, exp, tag)
     bench.drop_db(db)
     r.update({"messages": stream.n_messages, "items_per_message": per_msg, "table_rows": 0,
-              "rows_after": len(state.rows), "invalid_items": invalid, "bytes": size})
+              "rows_after": len(state.rows), "invalid_items": invalid})
     return r
 
 
@@ -299,11 +370,9 @@ def table_point(ctx, tag, n, rows):
     if rows:
         log(f"{tag}: pre-filled {rows:,} rows in {fill_s:.1f}s ({size / 1e6:,.0f} MB with indexes)")
     payloads, keys = table_stream(n, rows, ctx["seed"] + rows)
-    psecs, nbytes = produce_all(topic, payloads)
     new_keys = sum(1 for k in keys if int(k[1].rsplit("-", 1)[1]) > rows)
-    log(f"{tag}: produced {n:,} items ({nbytes / 1e6:.0f} MB) in {psecs:.1f}s; "
-        f"{len(keys) - new_keys:,} existing and {new_keys:,} new keys")
-    r = time_workers(ctx, tag, db, topic, n, 1)
+    log(f"{tag}: {n:,} items encoded; {len(keys) - new_keys:,} existing and {new_keys:,} new keys")
+    r = time_workers(ctx, tag, db, topic, payloads, n, 1)
     conn = psycopg2.connect(bench.dsn(db))
     try:
         with conn.cursor() as cur:
@@ -320,7 +389,7 @@ def table_point(ctx, tag, n, rows):
     r.update({"messages": len(payloads), "items_per_message": gen.ITEMS_PER_MSG,
               "table_rows": rows, "prefill_s": fill_s, "table_bytes": size,
               "existing_keys_hit": len(keys) - new_keys, "new_keys": new_keys,
-              "rows_after": have, "bytes": nbytes})
+              "rows_after": have})
     return r
 
 
@@ -328,9 +397,11 @@ def run_curves(ctx, a):
     """The scale curves; returns the report section."""
     t0 = time.monotonic()
     sec = {"date": bench.now_iso(), "loadavg_at_start": loadavg(),
-           "worker": ctx["worker_info"], "points": []}
+           "worker": ctx["worker_info"], "method": "warm start", "points": []}
     pts = sec["points"]
     n = a.curve_items
+    # The worker logs of every point (debug: one line per transaction), for a later look.
+    open(os.path.join(ctx["out"], f"{ctx['name']}-curves-worker.log"), "wb").close()
 
     def add(curve, point, r, shared=None):
         r = dict(r, curve=curve, point=point)
@@ -532,6 +603,11 @@ def md_table(headers, rows):
 def curve_notes(sec):
     notes = []
     for r in sec["points"]:
+        if r["curve"] == "worker processes" and r["workers"] > 1:
+            if r.get("join_s") is not None:
+                notes.append(f"{r['workers']} worker processes: the group settled "
+                             f"{r['join_s']:.1f}s after their start (left out); partitions held "
+                             f"at the end {r.get('partitions_held_at_end')}")
         if r["curve"] == "table rows" and r["point"]:
             notes.append(f"table {point_label(r)}: pre-filled in {r['prefill_s']:.0f}s "
                          f"({r['table_bytes'] / 1e6:,.0f} MB with indexes); the stream updated "
@@ -549,6 +625,19 @@ def curves_text(sec):
     return "\n".join(lines)
 
 
+WARM = ("- each point: a fresh database and topics (6 partitions); the worker processes start "
+        "on the empty input topic and, once every one holds its partitions (the group's "
+        "start-up, left out of the figures), the pre-encoded stream is produced at full speed "
+        "(far faster than the worker drains it). Seconds and items/s: first produce → one "
+        "result per item in the results topic; first result s: until the first transaction's "
+        "results; steady: from then on. CPU: the worker processes over the timed run "
+        "(utime+stime, summed over processes); PostgreSQL: the whole cluster over the run.")
+COLD = ("- each point: a fresh database and topics (6 partitions), the whole stream waiting in "
+        "Kafka; process start → one result per item in the results topic (start-up included); "
+        "steady: from the first result on. CPU: the worker processes; PostgreSQL: the whole "
+        "cluster over the run.")
+
+
 def curves_md(sec):
     w = sec["worker"]
     md = ["## Scale curves", "",
@@ -556,12 +645,7 @@ def curves_md(sec):
           f"{' '.join(sec['loadavg_at_start'])} at start, {' '.join(sec['loadavg_at_end'])} at end",
           f"- worker: `{w['git']}` (sha256 {w['sha256'][:12]}…)" +
           (f", settings {w['extra_env']}" if w.get("extra_env") else ""),
-          "- each point: a fresh database and topics (6 partitions), the whole stream waiting in "
-          "Kafka; items/s: process start → one result per item in the results topic (a fixed "
-          "start-up, the group join and the first transaction, is in it: see first result s; "
-          "two processes joining at once wait for one more rebalance). Steady: from the first "
-          "result on, the first transaction's items excluded. CPU: the worker processes (utime+stime, summed over processes); "
-          "PostgreSQL: the whole cluster over the run.",
+          (WARM if sec.get("method") == "warm start" else COLD),
           "- items per message and worker processes: gen.Stream (30% updates of earlier keys, 1% "
           "invalid items), empty table, table verified afterwards. Table rows: rows pre-filled "
           "with SQL (INSERT … SELECT FROM generate_series, indexes rebuilt, VACUUM ANALYZE), "

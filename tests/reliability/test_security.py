@@ -59,6 +59,8 @@ class TestResources(E2ECase):
             except BufferError:
                 self.producer.poll(0.1)
 
+    @unittest.skipIf("asan" in os.environ.get("MW_BIN", ""),
+                     "AddressSanitizer's quarantine makes resident memory meaningless")
     def test_memory_and_fds_flat_over_a_10x_longer_stream(self):
         w = self.start_worker()
         reader = ResultsReader(self.results_topic)
