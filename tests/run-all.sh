@@ -48,8 +48,8 @@ step "end-to-end (asan)" env MW_BIN="$root/build/asan/metadata-worker" \
 # their figures. The stack's stop/start commands need MW_STACK_DIR (from the env file).
 step "reliability" env MW_BIN="$root/build/metadata-worker" \
   $py -m unittest discover -s tests/reliability -p 'test_*.py' -v
-step "hostile input (asan)" env MW_BIN="$root/build/asan/metadata-worker" \
-  $py -m unittest discover -s tests/reliability -p 'test_hostile.py' -v
+step "reliability (asan)" env MW_BIN="$root/build/asan/metadata-worker" \
+  $py -m unittest discover -s tests/reliability -p 'test_*.py' -v
 if [ -d tests/compose ]; then
   step "containers and schemas" $py -m unittest discover -s tests/compose -p 'test_*.py' -v
 fi
