@@ -75,6 +75,7 @@ typedef struct ingest {
     int32_t o_part[MAX_TXN_PARTS];
     int64_t o_expected[MAX_TXN_PARTS], o_next[MAX_TXN_PARTS], o_acked[MAX_TXN_PARTS];
     bool flushing;          /* the happy-path statement is in PostgreSQL's hands */
+    bool plan_stale;        /* messages of the plan were dropped (revoked) meanwhile */
     int64_t db_t0;
     int flush_n, flush_items;
     int64_t flush_t0;
@@ -169,6 +170,8 @@ static void pend_drop_partitions(ingest *ing, const rd_kafka_topic_partition_lis
         bool drop = false;
         for (int i = 0; i < parts->cnt; i++)
             if (parts->elems[i].partition == ing->pend[r].rkm->partition) drop = true;
+        /* The plan points into these messages' trees: it must not be used again. */
+        if (drop && ing->pend[r].in_flush) ing->plan_stale = true;
         if (drop) pend_release(&ing->pend[r]);
         else ing->pend[w++] = ing->pend[r];
     }
@@ -321,6 +324,7 @@ static enum db_status load_offsets(ingest *ing) {
  * to write. */
 static enum db_status prepare(ingest *ing, bool *empty) {
     *empty = true;
+    ing->plan_stale = false;
     enum db_status st = load_offsets(ing);
     if (st != DB_OK) return st;
     clear_rejects(ing);
@@ -348,7 +352,7 @@ static enum db_status prepare(ingest *ing, bool *empty) {
         int k = 0;
         while (k < np && parts[k] != m->rkm->partition) k++;
         if (k == np) {
-            if (np == MAX_TXN_PARTS) return DB_FATAL;
+            if (np == MAX_TXN_PARTS) return DB_FATAL; /* flush_begin keeps this from happening */
             parts[np] = m->rkm->partition;
             expected[np] = ps ? ps->pg_next : -1;
             acked[np] = ps ? ps->acked : -1;
@@ -384,6 +388,12 @@ static enum db_status prepare(ingest *ing, bool *empty) {
 /* After the happy-path statement returned st: isolates refused items (slow path), moves
  * the cached offsets on success, forgets them on failure. */
 static enum db_status applied(ingest *ing, enum db_status st) {
+    if (st == DB_DATA && ing->plan_stale) {
+        /* Partitions were revoked while the statement ran: plan again (synchronously,
+         * through the retry) before isolating the refused item. */
+        snprintf(ing->errstr, sizeof ing->errstr, "partitions revoked during the batch");
+        st = DB_TRANSIENT;
+    }
     if (st == DB_DATA) {
         atomic_fetch_add(&ing->m->db_errors[DBC_DATA], 1);
         log_write(LOG_WARN, "PostgreSQL refused an item: applying the batch item by item",
@@ -710,12 +720,25 @@ abandon:
  * consumed and decoded while PostgreSQL works. */
 static void flush_begin(ingest *ing) {
     ing->flush_n = ing->flush_items = 0;
-    for (int i = 0; i < ing->n_pend; i++) {
-        ing->pend[i].in_flush = true;
-        ing->flush_n++;
-        ing->flush_items += ing->pend[i].batch.n_items;
-    }
     ing->pend_items = 0;
+    /* One transaction covers at most MAX_TXN_PARTS partitions; messages of further
+     * partitions wait for the next one (all of a partition's messages together). */
+    int np = 0;
+    for (int i = 0; i < ing->n_pend; i++) {
+        pend_msg *m = &ing->pend[i];
+        int k = 0;
+        while (k < np && ing->o_part[k] != m->rkm->partition) k++;
+        if (k == np) {
+            if (np == MAX_TXN_PARTS) {
+                ing->pend_items += m->batch.n_items ? m->batch.n_items : 1;
+                continue;
+            }
+            ing->o_part[np++] = m->rkm->partition;
+        }
+        m->in_flush = true;
+        ing->flush_n++;
+        ing->flush_items += m->batch.n_items;
+    }
     if (!ing->flush_n) return;
     ing->flush_t0 = now_ms();
     bool empty;
