@@ -85,10 +85,14 @@ typedef struct ingest {
     char errstr[1024];
 } ingest;
 
-static int64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+static int64_t now_ms(void) { return metrics_now_ms(); }
+
+/* The capped exponential backoff before retry `attempt` (0, 1, …): 100 ms doubling up to
+ * RETRY_MAX_MS. */
+static int64_t backoff_ms(const ingest *ing, int attempt) {
+    int64_t d = 100;
+    for (int i = 0; i < attempt && d < ing->cfg->retry_max_ms; i++) d *= 2;
+    return d > ing->cfg->retry_max_ms ? ing->cfg->retry_max_ms : d;
 }
 
 /* ---- partitions ---- */
@@ -251,10 +255,8 @@ static void keepalive(ingest *ing, int ms) {
 /* Waits before retry `attempt` (capped exponential backoff with jitter). False when the
  * batch must be abandoned (stop deadline passed, or fatal). */
 static bool backoff(ingest *ing, int attempt, const char *what) {
-    int64_t d = 100;
-    for (int i = 0; i < attempt && d < ing->cfg->retry_max_ms; i++) d *= 2;
-    if (d > ing->cfg->retry_max_ms) d = ing->cfg->retry_max_ms;
-    d = d / 2 + rand() % (d / 2 + 1);
+    int64_t d = backoff_ms(ing, attempt);
+    d = d / 2 + rand() % (d / 2 + 1); /* jitter: workers do not retry in step */
     if (strcmp(what, "database") == 0) atomic_fetch_add(&ing->m->db_retries, 1);
     log_write(attempt > 2 ? LOG_WARN : LOG_INFO, "retrying", LF_S("what", what),
               LF_S("error", ing->errstr), LF_I("attempt", attempt), LF_I("delay_ms", d), LF_END);
@@ -607,9 +609,7 @@ static bool drain_flights(ingest *ing, bool wait) {
             flight *f = ing->fl_head;
             if (f->failed) {
                 if (!f->retry_at_ms) {
-                    int64_t d = 100;
-                    for (int i = 1; i < f->attempts && d < ing->cfg->retry_max_ms; i++) d *= 2;
-                    f->retry_at_ms = now_ms() + (d < ing->cfg->retry_max_ms ? d : ing->cfg->retry_max_ms);
+                    f->retry_at_ms = now_ms() + backoff_ms(ing, f->attempts - 1);
                     log_write(LOG_WARN, "results not acknowledged: producing them again",
                               LF_I("failed", f->failed), LF_I("attempt", f->attempts), LF_END);
                 }
@@ -893,10 +893,7 @@ static bool wait_for_database(ingest *ing) {
             return false;
         }
         log_write(LOG_WARN, "waiting for PostgreSQL", LF_S("error", ing->errstr), LF_END);
-        int64_t d = 100;
-        for (int i = 0; i < attempt && d < ing->cfg->retry_max_ms; i++) d *= 2;
-        if (d > ing->cfg->retry_max_ms) d = ing->cfg->retry_max_ms;
-        for (int64_t end = now_ms() + d; now_ms() < end;) {
+        for (int64_t end = now_ms() + backoff_ms(ing, attempt); now_ms() < end;) {
             if (!*ing->run) return false;
             struct timespec ts = {0, 50 * 1000000L};
             nanosleep(&ts, NULL);
