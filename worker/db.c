@@ -262,25 +262,47 @@ enum db_status db_read_offsets(mw_db *db, const char *group, const char *topic,
     return DB_OK;
 }
 
+/* The seven parameters of the apply functions: group, topic, the offsets' four arrays (as
+ * array literals, owned here) and the JSON document. */
+typedef struct apply_params {
+    char *arrays[4];
+    const char *p[7];
+} apply_params;
+
+static bool apply_params_init(apply_params *ap, const char *group, const char *topic,
+                              const mw_offsets *o, const char *doc, char *errstr,
+                              size_t errstr_size) {
+    ap->arrays[0] = num_array(o->part, o->n, 0);
+    ap->arrays[1] = num_array(o->expected, o->n, 1);
+    ap->arrays[2] = num_array(o->next, o->n, 1);
+    ap->arrays[3] = num_array(o->acked, o->n, 1);
+    const char *p[7] = {group, topic, ap->arrays[0], ap->arrays[1], ap->arrays[2],
+                        ap->arrays[3], doc};
+    memcpy(ap->p, p, sizeof p);
+    for (int i = 0; i < 4; i++)
+        if (!ap->arrays[i]) {
+            snprintf(errstr, errstr_size, "out of memory");
+            return false;
+        }
+    return true;
+}
+
+static void apply_params_free(apply_params *ap) {
+    for (int i = 0; i < 4; i++) free(ap->arrays[i]);
+}
+
+#define APPLY_SQL                                                                     \
+    "SELECT customer_metadata_apply($1, $2, $3::integer[], $4::bigint[], $5::bigint[]," \
+    " $6::bigint[], $7::json)"
+
 static enum db_status apply_call(mw_db *db, const char *sql, const char *group, const char *topic,
                                  const mw_offsets *o, const char *doc, PGresult **out,
                                  char *errstr, size_t errstr_size) {
-    char *parts = num_array(o->part, o->n, 0);
-    char *exp = num_array(o->expected, o->n, 1);
-    char *nxt = num_array(o->next, o->n, 1);
-    char *ack = num_array(o->acked, o->n, 1);
-    enum db_status st;
-    if (!parts || !exp || !nxt || !ack) {
-        snprintf(errstr, errstr_size, "out of memory");
-        st = DB_TRANSIENT;
-    } else {
-        const char *p[] = {group, topic, parts, exp, nxt, ack, doc};
-        st = exec(db, sql, 7, p, PGRES_TUPLES_OK, out, errstr, errstr_size);
-    }
-    free(parts);
-    free(exp);
-    free(nxt);
-    free(ack);
+    apply_params ap;
+    enum db_status st = DB_TRANSIENT;
+    if (apply_params_init(&ap, group, topic, o, doc, errstr, errstr_size))
+        st = exec(db, sql, 7, ap.p, PGRES_TUPLES_OK, out, errstr, errstr_size);
+    apply_params_free(&ap);
     return st;
 }
 
@@ -291,28 +313,14 @@ enum db_status db_apply_send(mw_db *db, const char *group, const char *topic,
                              size_t errstr_size) {
     enum db_status st = db_connect(db, errstr, errstr_size);
     if (st != DB_OK) return st;
-    char *parts = num_array(o->part, o->n, 0);
-    char *exp = num_array(o->expected, o->n, 1);
-    char *nxt = num_array(o->next, o->n, 1);
-    char *ack = num_array(o->acked, o->n, 1);
-    st = DB_OK;
-    if (!parts || !exp || !nxt || !ack) {
-        snprintf(errstr, errstr_size, "out of memory");
+    apply_params ap;
+    if (!apply_params_init(&ap, group, topic, o, rows_doc, errstr, errstr_size))
         st = DB_TRANSIENT;
-    } else {
-        const char *p[] = {group, topic, parts, exp, nxt, ack, rows_doc};
-        if (!PQsendQueryParams(db->conn,
-                               "SELECT customer_metadata_apply($1, $2, $3::integer[], $4::bigint[],"
-                               " $5::bigint[], $6::bigint[], $7::json)",
-                               7, NULL, p, NULL, NULL, 0))
-            st = classify(db, NULL, errstr, errstr_size);
-        else
-            db->busy = true;
-    }
-    free(parts);
-    free(exp);
-    free(nxt);
-    free(ack);
+    else if (!PQsendQueryParams(db->conn, APPLY_SQL, 7, NULL, ap.p, NULL, NULL, 0))
+        st = classify(db, NULL, errstr, errstr_size);
+    else
+        db->busy = true;
+    apply_params_free(&ap);
     return st;
 }
 
@@ -350,10 +358,7 @@ enum db_status db_apply_poll(mw_db *db, int *done, char *errstr, size_t errstr_s
 
 enum db_status db_apply(mw_db *db, const char *group, const char *topic, const mw_offsets *o,
                         const char *rows_doc, char *errstr, size_t errstr_size) {
-    return apply_call(db,
-                      "SELECT customer_metadata_apply($1, $2, $3::integer[], $4::bigint[],"
-                      " $5::bigint[], $6::bigint[], $7::json)",
-                      group, topic, o, rows_doc, NULL, errstr, errstr_size);
+    return apply_call(db, APPLY_SQL, group, topic, o, rows_doc, NULL, errstr, errstr_size);
 }
 
 static void report_rejects(PGresult *res, db_reject_cb cb, void *opaque) {
