@@ -54,6 +54,12 @@ void jsonw_key(jsonw *w, const char *key) {
     jsonw_rawn(w, ":", 1);
 }
 
+void jsonw_keyn(jsonw *w, const char *key, size_t n) {
+    if (last(w) != '{' && w->len) jsonw_rawn(w, ",", 1);
+    jsonw_strn(w, key, n);
+    jsonw_rawn(w, ":", 1);
+}
+
 void jsonw_elem(jsonw *w) {
     if (last(w) != '[' && w->len) jsonw_rawn(w, ",", 1);
 }

@@ -27,6 +27,7 @@ void jsonw_raw(jsonw *w, const char *s);
 void jsonw_rawn(jsonw *w, const char *s, size_t n);
 /* Writes "key": preceded by a comma unless it opens an object. */
 void jsonw_key(jsonw *w, const char *key);
+void jsonw_keyn(jsonw *w, const char *key, size_t n);
 /* Writes a comma unless the element opens an array. */
 void jsonw_elem(jsonw *w);
 void jsonw_str(jsonw *w, const char *s);

@@ -3,13 +3,13 @@
  * (SPEC §2, §3). Pure: no I/O, no globals; the same input always gives the same output,
  * generated eventIds included.
  *
- * Ownership: a decoded mw_batch owns its json-c tree, its items and their error strings;
- * every mw_str in it points into that tree. batch_free releases all of it.
+ * Ownership: a decoded mw_batch owns one block of decoded strings (every mw_str in it points
+ * there), its items, their attributes and their error strings; batch_free releases all of it.
+ * It keeps no pointer into the input buffer.
  */
 #ifndef MW_BATCH_H
 #define MW_BATCH_H
 
-#include <json-c/json.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -45,17 +45,31 @@ typedef struct mw_source {
     int64_t offset;
 } mw_source;
 
+/* One entry of an attributes patch: value.p == NULL means null (removes the name). */
+typedef struct mw_attr {
+    mw_str name;
+    mw_str value;
+} mw_attr;
+
 typedef struct mw_item {
     int index;
     char *error;           /* NULL when the item is valid, else "FAIL_BAD_PARAMS: ERROR: …" */
     mw_str f[F_COUNT];     /* f[F_EVENT] is always set: given or generated */
-    json_object *attrs;    /* valid items: name → string|null patch, or NULL when absent/null */
+    /* Valid items: the attributes patch as given, in order (a later duplicate name wins);
+     * has_attrs false when attributes is absent or null (the stored map is kept). */
+    bool has_attrs;
+    int n_attrs;
+    const mw_attr *attrs;
+    int attr_start;        /* (decoding) index of attrs[0] in the batch's pool */
     char gen_event_id[MW_UUID_STR_LEN + 1];
 } mw_item;
 
 typedef struct mw_batch {
     mw_source src;
-    json_object *root;
+    char *strings;         /* the decoded strings (owned) */
+    size_t strings_used;
+    mw_attr *attr_pool;    /* every item's attributes (owned) */
+    int n_attr_pool, cap_attr_pool;
     char *bad_request;     /* NULL, or "FAIL_BAD_REQUEST: ERROR: <reason>" for the message */
     char bad_event_id[MW_UUID_STR_LEN + 1]; /* eventId of a bad request's one result */
     int n_items;
@@ -63,11 +77,11 @@ typedef struct mw_batch {
     int invalid_count;     /* items that failed validation */
 } mw_batch;
 
-/* Decodes and validates buf[0..len). tok is a reusable json-c tokener (reset here).
- * Always fills *b (a bad message sets b->bad_request); returns 0, or -1 when memory ran
- * out (b is then freed and empty). src->topic must outlive b. */
-int batch_decode(mw_batch *b, json_tokener *tok, const void *buf, size_t len,
-                 const mw_source *src, int max_items) __attribute__((warn_unused_result));
+/* Decodes and validates buf[0..len) (buf may be freed afterwards). Always fills *b (a bad
+ * message sets b->bad_request); returns 0, or -1 when memory ran out (b is then freed and
+ * empty). src->topic must outlive b. */
+int batch_decode(mw_batch *b, const void *buf, size_t len, const mw_source *src,
+                 int max_items) __attribute__((warn_unused_result));
 
 void batch_free(mw_batch *b);
 
@@ -75,7 +89,7 @@ void batch_free(mw_batch *b);
  * version 5) UUID of "topic/partition/offset/index" in the project's namespace. */
 void batch_event_id(char out[MW_UUID_STR_LEN + 1], const mw_source *src, int index);
 
-/* A new json-c tokener with the nesting limit the worker uses. */
-json_tokener *batch_tokener_new(void);
+/* The deepest nesting of arrays and objects a message may have. */
+#define MW_JSON_MAX_DEPTH 64
 
 #endif

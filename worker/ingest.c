@@ -54,7 +54,6 @@ typedef struct ingest {
     rd_kafka_t *consumer;
     rd_kafka_t *producer;
     mw_db *db;
-    json_tokener *tok;
     mw_plan plan;
     jsonw doc;
     jsonw out;
@@ -146,7 +145,7 @@ static void pend_append(ingest *ing, rd_kafka_message_t *rkm) {
     memset(m, 0, sizeof *m);
     m->rkm = rkm;
     mw_source src = {ing->cfg->input_topic, rkm->partition, rkm->offset};
-    if (batch_decode(&m->batch, ing->tok, rkm->payload, rkm->len, &src,
+    if (batch_decode(&m->batch, rkm->payload, rkm->len, &src,
                      ing->cfg->max_batch_items) != 0)
         goto oom;
     m->decoded = true;
@@ -521,7 +520,7 @@ static void produce_results(ingest *ing, flight *f) {
         pend_msg *m = &f->msgs[i];
         if (!m->decoded) {
             mw_source src = {ing->cfg->input_topic, m->rkm->partition, m->rkm->offset};
-            if (batch_decode(&m->batch, ing->tok, m->rkm->payload, m->rkm->len, &src,
+            if (batch_decode(&m->batch, m->rkm->payload, m->rkm->len, &src,
                              ing->cfg->max_batch_items) != 0) {
                 f->failed++; /* out of memory: tried again with the flight */
                 continue;
@@ -948,10 +947,9 @@ int ingest_run(const mw_config *cfg, volatile sig_atomic_t *run) {
     int rc = 1;
     srand((unsigned)time(NULL) ^ (unsigned)getpid());
 
-    ing->tok = batch_tokener_new();
     ing->db = db_new(cfg);
     ing->m = metrics_new();
-    if (!ing->tok || !ing->db || !ing->m) {
+    if (!ing->db || !ing->m) {
         log_write(LOG_ERROR, "out of memory", LF_END);
         goto done;
     }
@@ -1052,7 +1050,6 @@ done:
     plan_free(&ing->plan);
     jsonw_free(&ing->doc);
     jsonw_free(&ing->out);
-    if (ing->tok) json_tokener_free(ing->tok);
     db_destroy(ing->db);
     http_stop(ing->http);
     metrics_destroy(ing->m);

@@ -92,11 +92,10 @@ static int cmd_validate(const mw_config *cfg) {
         fprintf(stderr, "metadata-worker validate: %s: cannot read\n", path);
         return 2;
     }
-    json_tokener *tok = batch_tokener_new();
     mw_source src = {cfg->input_topic, 0, 0};
     mw_batch b;
     int rc = 2;
-    if (tok && batch_decode(&b, tok, buf, len, &src, cfg->max_batch_items) == 0) {
+    if (batch_decode(&b, buf, len, &src, cfg->max_batch_items) == 0) {
         jsonw w;
         jsonw_init(&w);
         result_response(&w, &b);
@@ -110,7 +109,6 @@ static int cmd_validate(const mw_config *cfg) {
     } else {
         fprintf(stderr, "metadata-worker validate: out of memory\n");
     }
-    if (tok) json_tokener_free(tok);
     free(buf);
     return rc;
 }

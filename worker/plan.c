@@ -7,7 +7,6 @@
 void plan_init(mw_plan *p) { memset(p, 0, sizeof *p); }
 
 void plan_reset(mw_plan *p) {
-    for (int i = 0; i < p->n_rows; i++) json_object_put(p->rows[i].attrs);
     p->n_items = 0;
     p->n_rows = 0;
     if (p->slots) memset(p->slots, 0, p->n_slots * sizeof *p->slots);
@@ -18,6 +17,8 @@ void plan_free(mw_plan *p) {
     free(p->items);
     free(p->rows);
     free(p->slots);
+    free(p->pairs);
+    free(p->order);
     memset(p, 0, sizeof *p);
 }
 
@@ -29,7 +30,7 @@ int plan_add(mw_plan *p, const mw_item *item, int32_t partition, int64_t offset)
         p->items = n;
         p->cap_items = cap;
     }
-    p->items[p->n_items++] = (mw_plan_item){item, partition, offset};
+    p->items[p->n_items++] = (mw_plan_item){item, partition, offset, -1};
     return 0;
 }
 
@@ -44,20 +45,6 @@ static uint64_t key_hash(const mw_item *it) {
 
 static bool str_eq(const mw_str *a, const mw_str *b) {
     return a->n == b->n && memcmp(a->p, b->p, a->n) == 0;
-}
-
-/* Composes patch into *dst: later names replace earlier ones, null included (it removes
- * the name when applied). Values are shared with the items' trees (a reference each). */
-static int compose(json_object **dst, json_object *patch) {
-    if (!patch) return 0;
-    if (!*dst && !(*dst = json_object_new_object())) return -1;
-    json_object_object_foreach(patch, k, v) {
-        if (json_object_object_add(*dst, k, json_object_get(v)) != 0) {
-            json_object_put(v);
-            return -1;
-        }
-    }
-    return 0;
 }
 
 int plan_merge(mw_plan *p) {
@@ -76,12 +63,12 @@ int plan_merge(mw_plan *p) {
         p->rows = r;
         p->cap_rows = p->n_items;
     }
-    for (int i = 0; i < p->n_rows; i++) json_object_put(p->rows[i].attrs);
     p->n_rows = 0;
 
     size_t mask = p->n_slots - 1;
     for (int i = 0; i < p->n_items; i++) {
-        const mw_plan_item *pi = &p->items[i];
+        mw_plan_item *pi = &p->items[i];
+        pi->next_in_row = -1;
         const mw_item *it = pi->item;
         uint64_t h = key_hash(it);
         size_t s = (size_t)h & mask;
@@ -99,11 +86,15 @@ int plan_merge(mw_plan *p) {
             row = &p->rows[p->n_rows++];
             memset(row, 0, sizeof *row);
             row->hash = h;
+            row->first = i;
             p->slots[s] = p->n_rows;
+        } else {
+            p->items[row->last_i].next_in_row = i;
         }
+        row->last_i = i;
         for (int f = 0; f < F_COUNT; f++)
             if (it->f[f].p) row->f[f] = it->f[f];
-        if (compose(&row->attrs, it->attrs) != 0) return -1;
+        row->has_attrs |= it->has_attrs;
         row->last = pi;
     }
     return 0;
@@ -116,34 +107,89 @@ static const char *const doc_keys[F_COUNT] = {
     [F_COUNTRY] = "country", [F_STATE] = "state", [F_ZIP] = "zip",
 };
 
+/* Gathers the attributes patches of the items from `first` (following next_in_row when
+ * row, else that item alone) into p->pairs, and marks in p->order[i] (1/0) the entries that
+ * stay: the last of each name. Returns the number of entries, or -1 out of memory. */
+static int compose(mw_plan *p, int first, bool row) {
+    int k = 0;
+    for (int i = first; i >= 0; i = row ? p->items[i].next_in_row : -1) k += p->items[i].item->n_attrs;
+    if (k > p->cap_pairs) {
+        const mw_attr **np = realloc(p->pairs, (size_t)k * sizeof *np);
+        if (!np) return -1;
+        p->pairs = np;
+        int *no = realloc(p->order, (size_t)k * 2 * sizeof *no);
+        if (!no) return -1;
+        p->order = no;
+        p->cap_pairs = k;
+    }
+    k = 0;
+    for (int i = first; i >= 0; i = row ? p->items[i].next_in_row : -1) {
+        const mw_item *it = p->items[i].item;
+        for (int a = 0; a < it->n_attrs; a++) p->pairs[k++] = &it->attrs[a];
+    }
+    int *keep = p->order;
+    if (k <= 16) {
+        for (int i = 0; i < k; i++) {
+            keep[i] = 1;
+            for (int j = i + 1; j < k && keep[i]; j++)
+                if (str_eq(&p->pairs[i]->name, &p->pairs[j]->name)) keep[i] = 0;
+        }
+        return k;
+    }
+    /* Many names: sort the entries' indexes by (name, position); the last of each run stays. */
+    int *idx = p->order + k;
+    for (int i = 0; i < k; i++) idx[i] = i;
+    const mw_attr **pairs = p->pairs;
+    for (int gap = k / 2; gap > 0; gap /= 2) /* Shell sort: no qsort context pointer in C11 */
+        for (int i = gap; i < k; i++)
+            for (int j = i - gap; j >= 0; j -= gap) {
+                const mw_str *x = &pairs[idx[j]]->name, *y = &pairs[idx[j + gap]]->name;
+                size_t m = x->n < y->n ? x->n : y->n;
+                int c = memcmp(x->p, y->p, m);
+                if (c == 0) c = x->n < y->n ? -1 : x->n > y->n;
+                if (c < 0 || (c == 0 && idx[j] < idx[j + gap])) break;
+                int t = idx[j]; idx[j] = idx[j + gap]; idx[j + gap] = t;
+            }
+    for (int i = 0; i < k; i++)
+        keep[idx[i]] = i + 1 == k || !str_eq(&pairs[idx[i]]->name, &pairs[idx[i + 1]]->name);
+    return k;
+}
+
 /* An attributes patch goes as "aset" (the names it sets, an object) and "adel" (the names
  * it removes, an array, omitted when empty): PostgreSQL then applies it with two jsonb
  * operators, (current - adel) || aset, without a per-row sub-query. */
-static void write_patch(jsonw *out, json_object *patch) {
+static void write_patch(mw_plan *p, jsonw *out, int first, bool row) {
+    int k = compose(p, first, row);
+    if (k < 0) {
+        out->oom = true;
+        return;
+    }
     jsonw_key(out, "aset");
     jsonw_raw(out, "{");
     bool dels = false;
-    json_object_object_foreach(patch, k, v) {
-        if (!v) {
+    for (int i = 0; i < k; i++) {
+        if (!p->order[i]) continue;
+        if (!p->pairs[i]->value.p) {
             dels = true;
             continue;
         }
-        jsonw_key(out, k);
-        jsonw_strn(out, json_object_get_string(v), (size_t)json_object_get_string_len(v));
+        jsonw_keyn(out, p->pairs[i]->name.p, p->pairs[i]->name.n);
+        jsonw_strn(out, p->pairs[i]->value.p, p->pairs[i]->value.n);
     }
     jsonw_raw(out, "}");
     if (!dels) return;
     jsonw_key(out, "adel");
     jsonw_raw(out, "[");
-    json_object_object_foreach(patch, k2, v2) {
-        if (v2) continue;
+    for (int i = 0; i < k; i++) {
+        if (!p->order[i] || p->pairs[i]->value.p) continue;
         jsonw_elem(out);
-        jsonw_str(out, k2);
+        jsonw_strn(out, p->pairs[i]->name.p, p->pairs[i]->name.n);
     }
     jsonw_raw(out, "]");
 }
 
-static void write_record(jsonw *out, const mw_str *f, json_object *attrs, const mw_plan_item *src) {
+static void write_record(mw_plan *p, jsonw *out, const mw_str *f, bool has_attrs, int first,
+                         bool row, const mw_plan_item *src) {
     jsonw_elem(out);
     jsonw_raw(out, "{");
     for (int k = 0; k < F_COUNT; k++) {
@@ -151,23 +197,41 @@ static void write_record(jsonw *out, const mw_str *f, json_object *attrs, const 
         jsonw_key(out, doc_keys[k]);
         jsonw_strn(out, f[k].p, f[k].n);
     }
-    if (attrs) write_patch(out, attrs);
+    if (has_attrs) write_patch(p, out, first, row);
     jsonw_key(out, "part"); jsonw_int(out, src->partition);
     jsonw_key(out, "off"); jsonw_int(out, src->offset);
     jsonw_key(out, "idx"); jsonw_int(out, src->item->index);
     jsonw_raw(out, "}");
 }
 
-void plan_rows_json(const mw_plan *p, jsonw *out) {
+void plan_rows_json(mw_plan *p, jsonw *out) {
     jsonw_raw(out, "[");
     for (int i = 0; i < p->n_rows; i++)
-        write_record(out, p->rows[i].f, p->rows[i].attrs, p->rows[i].last);
+        write_record(p, out, p->rows[i].f, p->rows[i].has_attrs, p->rows[i].first, true,
+                     p->rows[i].last);
     jsonw_raw(out, "]");
 }
 
-void plan_items_json(const mw_plan *p, jsonw *out) {
+void plan_items_json(mw_plan *p, jsonw *out) {
     jsonw_raw(out, "[");
     for (int i = 0; i < p->n_items; i++)
-        write_record(out, p->items[i].item->f, p->items[i].item->attrs, &p->items[i]);
+        write_record(p, out, p->items[i].item->f, p->items[i].item->has_attrs, i, false,
+                     &p->items[i]);
     jsonw_raw(out, "]");
+}
+
+void plan_row_patch_json(mw_plan *p, int r, jsonw *out) {
+    int k = compose(p, p->rows[r].first, true);
+    if (k < 0) {
+        out->oom = true;
+        return;
+    }
+    jsonw_raw(out, "{");
+    for (int i = 0; i < k; i++) {
+        if (!p->order[i]) continue;
+        jsonw_keyn(out, p->pairs[i]->name.p, p->pairs[i]->name.n);
+        if (p->pairs[i]->value.p) jsonw_strn(out, p->pairs[i]->value.p, p->pairs[i]->value.n);
+        else jsonw_raw(out, "null");
+    }
+    jsonw_raw(out, "}");
 }

@@ -41,7 +41,7 @@ fi
 
 srcs=(common/*.c worker/batch.c worker/plan.c worker/result.c)
 if [ $force = 0 ] && [ -x "$bin" ] &&
-   [ -z "$(find "${srcs[@]}" common/*.h worker/*.h tests/fuzz/fuzz_batch.c tests/fuzz/build.sh \
+   [ -z "$(find "${srcs[@]}" common/*.h worker/*.h tests/fuzz/fuzz_batch.c tests/fuzz/ref_decode.[ch] tests/fuzz/build.sh \
            -newer "$bin" 2>/dev/null)" ]; then
   exit 0
 fi
@@ -64,6 +64,6 @@ done
 rm -f "$out/libmw.a"
 ar rcs "$out/libmw.a" "${objs[@]}"
 "$CC" $CFLAGS $SAN -fsanitize=fuzzer -Wall -Wextra -Wshadow -Werror \
-  -o "$bin.tmp" tests/fuzz/fuzz_batch.c "$out/libmw.a" $LIBS
+  -Itests/fuzz -o "$bin.tmp" tests/fuzz/fuzz_batch.c tests/fuzz/ref_decode.c "$out/libmw.a" $LIBS
 mv "$bin.tmp" "$bin"
 echo "fuzz: built $bin" >&2

@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <json-c/json.h>
+
 #include "result.h"
 
 #define N(a) (sizeof(a) / sizeof((a)[0]))
@@ -67,16 +69,17 @@ static void expect_int(json_object *o, const char *key, int64_t want) {
 }
 
 static void decode(void **state, mw_batch *b, const char *msg, size_t len) {
-    assert_int_equal(batch_decode(b, *state, msg, len, &SRC, 100), 0);
+    (void)state;
+    assert_int_equal(batch_decode(b, msg, len, &SRC, 100), 0);
 }
 
 static int group_setup(void **state) {
-    *state = batch_tokener_new();
-    return *state ? 0 : -1;
+    (void)state;
+    return 0;
 }
 
 static int group_teardown(void **state) {
-    json_tokener_free(*state);
+    (void)state;
     return 0;
 }
 
@@ -325,9 +328,10 @@ static void test_message_bad_request(void **state) {
 
 /* The source topic is escaped; large coordinates are exact. */
 static void test_message_source_values(void **state) {
+    (void)state;
     mw_source s = {"we\"ird\\topic", 2147483647, INT64_MAX};
     mw_batch b;
-    assert_int_equal(batch_decode(&b, *state, BIN("{\"items\":[1]}"), &s, 10), 0);
+    assert_int_equal(batch_decode(&b, BIN("{\"items\":[1]}"), &s, 10), 0);
     json_object *o = message(&b, &b.items[0], "x", 1);
     expect_source(o, "we\"ird\\topic", 2147483647, INT64_MAX, 0, 1, 1);
     json_object_put(o);

@@ -1,0 +1,205 @@
+/* ref_decode: the fuzz target's reference decoder; see ref_decode.h. */
+#include "ref_decode.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jsoncheck.h"
+#include "utf8.h"
+
+#define BAD_REQUEST "FAIL_BAD_REQUEST: ERROR: "
+#define BAD_PARAMS "FAIL_BAD_PARAMS: ERROR: "
+
+static void fail(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "fuzz_batch: batch_decode differs from the json-c reference: ");
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    abort();
+}
+
+json_object *ref_patch_of(const mw_item *it) {
+    if (!it->has_attrs) return NULL;
+    json_object *o = json_object_new_object();
+    for (int i = 0; i < it->n_attrs; i++) {
+        char *name = strndup(it->attrs[i].name.p, it->attrs[i].name.n);
+        const mw_str *v = &it->attrs[i].value;
+        json_object_object_add(o, name, v->p ? json_object_new_string_len(v->p, (int)v->n) : NULL);
+        free(name);
+    }
+    return o;
+}
+
+/* ---- the rules, on json-c values ---- */
+
+static void message(char *out, size_t size, const char *field, const char *problem) {
+    snprintf(out, size, BAD_PARAMS "%s %s", field, problem);
+}
+
+/* 0 when v is fine (a string in p and n, or absent/null: p NULL), else 1 and the error. */
+static int check_string(json_object *v, const char *field, bool required, bool nonempty,
+                        size_t max, bool or_null, const char **p, size_t *n, char *err,
+                        size_t esize) {
+    *p = NULL;
+    *n = 0;
+    if (!v || json_object_is_type(v, json_type_null)) {
+        if (required) message(err, esize, field, "cannot be blank");
+        return required;
+    }
+    if (!json_object_is_type(v, json_type_string)) {
+        message(err, esize, field, or_null ? "must be a string or null" : "must be a string");
+        return 1;
+    }
+    const char *s = json_object_get_string(v);
+    size_t len = (size_t)json_object_get_string_len(v);
+    char tmp[64];
+    if (required && utf8_blank(s, len)) { message(err, esize, field, "cannot be blank"); return 1; }
+    if (nonempty && len == 0) { message(err, esize, field, "cannot be empty"); return 1; }
+    if (memchr(s, '\0', len)) { message(err, esize, field, "cannot contain U+0000"); return 1; }
+    if (len > max && utf8_count(s, len) > max) {
+        snprintf(tmp, sizeof tmp, "exceeds maximum length of %zu", max);
+        message(err, esize, field, tmp);
+        return 1;
+    }
+    *p = s;
+    *n = len;
+    return 0;
+}
+
+static bool same_str(const char *p, size_t n, const mw_str *s) {
+    if (!p) return s->p == NULL;
+    return s->p && s->n == n && memcmp(s->p, p, n) == 0;
+}
+
+static void compare_item(json_object *v, const mw_item *it, int i) {
+    char err[700] = "";
+    bool bad = false;
+    const char *fp[F_COUNT] = {0};
+    size_t fn[F_COUNT] = {0};
+    json_object *patch = NULL;
+    if (!json_object_is_type(v, json_type_object)) {
+        snprintf(err, sizeof err, BAD_PARAMS "item must be an object");
+        bad = true;
+    } else {
+        for (int f = 0; f < F_COUNT; f++) {
+            const mw_field_def *d = &batch_fields[f];
+            json_object *fv = NULL;
+            json_object_object_get_ex(v, d->name, &fv);
+            char e[700];
+            int r = check_string(fv, d->name, d->required, false, d->max_len, false, &fp[f],
+                                 &fn[f], e, sizeof e);
+            if (!r && f == F_EVENT && fp[f] && utf8_blank(fp[f], fn[f])) {
+                message(e, sizeof e, d->name, "cannot be blank");
+                r = 1;
+            }
+            if (r) {
+                fp[f] = NULL;
+                if (!bad) snprintf(err, sizeof err, "%s", e);
+                bad = true;
+            }
+        }
+        json_object *av = NULL;
+        json_object_object_get_ex(v, "attributes", &av);
+        if (!bad && av && !json_object_is_type(av, json_type_null)) {
+            if (!json_object_is_type(av, json_type_array)) {
+                snprintf(err, sizeof err, BAD_PARAMS "attributes must be an array or null");
+                bad = true;
+            } else {
+                patch = json_object_new_object();
+                for (size_t k = 0; k < json_object_array_length(av) && !bad; k++) {
+                    json_object *a = json_object_array_get_idx(av, k), *jn = NULL, *jv = NULL;
+                    char field[64];
+                    if (!a || !json_object_is_type(a, json_type_object)) {
+                        snprintf(err, sizeof err, BAD_PARAMS "attributes[%zu] must be an object", k);
+                        bad = true;
+                        break;
+                    }
+                    json_object_object_get_ex(a, "name", &jn);
+                    json_object_object_get_ex(a, "value", &jv);
+                    const char *np, *vp;
+                    size_t nn, vn;
+                    snprintf(field, sizeof field, "attributes[%zu].name", k);
+                    if (check_string(jn, field, false, true, 256, false, &np, &nn, err, sizeof err)) {
+                        bad = true;
+                        break;
+                    }
+                    if (!np) {
+                        message(err, sizeof err, field, "cannot be empty");
+                        bad = true;
+                        break;
+                    }
+                    snprintf(field, sizeof field, "attributes[%zu].value", k);
+                    if (check_string(jv, field, false, false, 4096, true, &vp, &vn, err, sizeof err)) {
+                        bad = true;
+                        break;
+                    }
+                    json_object_object_add(patch, np, vp ? json_object_get(jv) : NULL);
+                }
+            }
+        }
+    }
+    if (bad != (it->error != NULL) || (bad && strcmp(err, it->error) != 0))
+        fail("item %d: error %s, reference %s", i, it->error ? it->error : "(none)",
+             bad ? err : "(none)");
+    for (int f = 0; f < F_COUNT; f++) {
+        if (f == F_EVENT && !fp[f]) {
+            if (it->f[f].p != it->gen_event_id) fail("item %d: eventId not generated", i);
+            continue;
+        }
+        if (!same_str(fp[f], fn[f], &it->f[f]))
+            fail("item %d: %s is %.*s, reference %.*s", i, batch_fields[f].name,
+                 (int)(it->f[f].p ? it->f[f].n : 6), it->f[f].p ? it->f[f].p : "(null)",
+                 (int)(fp[f] ? fn[f] : 6), fp[f] ? fp[f] : "(null)");
+    }
+    if (!bad) {
+        json_object *got = ref_patch_of(it);
+        if ((got == NULL) != (patch == NULL) || (got && !json_object_equal(got, patch)))
+            fail("item %d: attributes %s, reference %s", i,
+                 got ? json_object_to_json_string(got) : "(none)",
+                 patch ? json_object_to_json_string(patch) : "(none)");
+        json_object_put(got);
+    }
+    json_object_put(patch);
+}
+
+void ref_compare(json_tokener *tok, const uint8_t *data, size_t size, const mw_source *src,
+                 int max_items, const mw_batch *b) {
+    (void)src;
+    /* Before any tree: checks both decoders share (emptiness, UTF-8, strict syntax). */
+    if (size == 0 || size > INT32_MAX || !utf8_valid((const char *)data, size, NULL) ||
+        !jsoncheck_valid((const char *)data, size, MW_JSON_MAX_DEPTH, NULL, NULL))
+        return;
+    json_tokener_reset(tok);
+    json_object *root = json_tokener_parse_ex(tok, (const char *)data, (int)size);
+    enum json_tokener_error e = json_tokener_get_error(tok);
+    if (e != json_tokener_success && e != json_tokener_continue)
+        fail("json-c refuses what jsoncheck accepts (%s)", json_tokener_error_desc(e));
+    char want[600] = "";
+    json_object *items = NULL;
+    size_t n = 0;
+    if (!root || !json_object_is_type(root, json_type_object))
+        snprintf(want, sizeof want, BAD_REQUEST "message must be a JSON object with an items array");
+    else if (!json_object_object_get_ex(root, "items", &items) || !items)
+        snprintf(want, sizeof want, BAD_REQUEST "items is required");
+    else if (!json_object_is_type(items, json_type_array))
+        snprintf(want, sizeof want, BAD_REQUEST "items must be an array");
+    else if ((n = json_object_array_length(items)) == 0)
+        snprintf(want, sizeof want, BAD_REQUEST "items cannot be empty");
+    else if (n > (size_t)max_items)
+        snprintf(want, sizeof want, BAD_REQUEST "items exceeds maximum of %d items (got %zu)",
+                 max_items, n);
+    if (want[0]) {
+        if (!b->bad_request || strcmp(b->bad_request, want) != 0)
+            fail("bad request %s, reference %s", b->bad_request ? b->bad_request : "(none)", want);
+    } else {
+        if (b->bad_request) fail("bad request %s, reference: a batch", b->bad_request);
+        if ((size_t)b->n_items != n) fail("%d items, reference %zu", b->n_items, n);
+        for (size_t i = 0; i < n; i++)
+            compare_item(json_object_array_get_idx(items, i), &b->items[i], (int)i);
+    }
+    json_object_put(root);
+}
