@@ -662,35 +662,64 @@ static flight *flight_take(ingest *ing) {
     return f;
 }
 
-/* The rest of a flush once its first database attempt returned st: retries (with backoff,
- * synchronously), replayed messages' rejects, then its results into a new flight. */
-static void flush_continue(ingest *ing, enum db_status st) {
+/* The database side of a flush once its first attempt returned st: retries (with backoff,
+ * synchronously), then the rejects of replayed messages. False when the flush was
+ * abandoned (its messages are consumed again). */
+static bool flush_settle(ingest *ing, enum db_status st) {
     for (int attempt = 0;; attempt++) {
         if (attempt > 0) st = apply_once(ing);
         if (st == DB_OK) st = load_replay_rejects(ing);
         atomic_store(&ing->m->db_up, st != DB_TRANSIENT);
-        if (st == DB_OK) break;
+        if (st == DB_OK) return true;
         atomic_fetch_add(&ing->m->db_errors[st == DB_TRANSIENT ? DBC_TRANSIENT : DBC_FATAL], 1);
         if (st == DB_FATAL) {
             log_write(LOG_ERROR, "PostgreSQL error that retrying cannot fix: stopping",
                       LF_S("error", ing->errstr), LF_END);
             ing->fatal = true;
-            goto abandon;
+            break;
         }
-        if (!backoff(ing, attempt, "database")) goto abandon;
+        if (!backoff(ing, attempt, "database")) break;
     }
-    int64_t t1 = now_ms();
+    log_write(LOG_WARN, "batch abandoned: its messages will be consumed again",
+              LF_I("messages", ing->flush_n), LF_END);
+    /* Nothing stored for these messages; drop everything pending so that no later message
+     * of their partitions is committed past them. */
+    for (int i = 0; i < ing->n_pend; i++) ing->pend[i].in_flush = true;
+    pend_compact(ing);
+    set_paused(ing, false);
+    return false;
+}
+
+/* The pending messages make a transaction: enough items, or the oldest waited long enough. */
+static bool flush_due(ingest *ing) {
+    return ing->pend_items && (ing->pend_items >= ing->cfg->txn_max_items ||
+                               now_ms() - ing->pend_since_ms >= ing->cfg->txn_max_wait_ms);
+}
+
+static bool flush_start(ingest *ing, enum db_status *st);
+
+/* A flush whose rows are in PostgreSQL: its messages become a flight whose results go to
+ * Kafka. With pipeline, the next transaction (if due) is sent to PostgreSQL first, so
+ * that the database works while these results are rendered and acknowledged. */
+static void flush_deliver(ingest *ing, bool pipeline) {
+    int64_t t1 = now_ms(), t0 = ing->flush_t0;
+    int n = ing->flush_n, items = ing->flush_items;
     flight *f = flight_take(ing);
     if (!f) {
         log_write(LOG_ERROR, "out of memory", LF_END);
         ing->fatal = true;
-        goto abandon;
+        for (int i = 0; i < ing->n_pend; i++) ing->pend[i].in_flush = true;
+        pend_compact(ing);
+        return;
     }
+    /* Results are produced before anything can complete flights (drain_flights): a
+     * flight with no delivery in flight counts as acknowledged. */
+    enum db_status next_st = DB_OK;
+    bool next_sync = pipeline && !ing->paused && flush_due(ing) && flush_start(ing, &next_st);
     produce_results(ing, f);
     set_paused(ing, false);
-    log_write(LOG_DEBUG, "batch done", LF_I("messages", ing->flush_n),
-              LF_I("items", ing->flush_items), LF_I("db_ms", t1 - ing->flush_t0),
-              LF_I("total_ms", now_ms() - ing->flush_t0), LF_END);
+    log_write(LOG_DEBUG, "batch done", LF_I("messages", n), LF_I("items", items),
+              LF_I("db_ms", t1 - t0), LF_I("total_ms", now_ms() - t0), LF_END);
     /* Bounded memory: at most MAX_FLIGHTS transactions await their acknowledgements. */
     int64_t wait_start = now_ms();
     while (ing->n_flights > MAX_FLIGHTS && !ing->fatal && !past_deadline(ing)) {
@@ -703,21 +732,14 @@ static void flush_continue(ingest *ing, enum db_status st) {
         }
     }
     drain_flights(ing, false);
-    return;
-abandon:
-    log_write(LOG_WARN, "batch abandoned: its messages will be consumed again",
-              LF_I("messages", ing->flush_n), LF_END);
-    /* Nothing stored for these messages; drop everything pending so that no later message
-     * of their partitions is committed past them. */
-    for (int i = 0; i < ing->n_pend; i++) ing->pend[i].in_flush = true;
-    pend_compact(ing);
-    set_paused(ing, false);
+    if (next_sync && flush_settle(ing, next_st)) flush_deliver(ing, false);
 }
 
-/* Starts flushing every pending message as one transaction. On the happy path the
- * statement is sent and the flush goes on in flush_poll, so that the next messages are
- * consumed and decoded while PostgreSQL works. */
-static void flush_begin(ingest *ing) {
+/* Marks every pending message (up to MAX_TXN_PARTS partitions) as one transaction and
+ * sends its statement: true when it must go on synchronously (nothing to write, or the
+ * statement could not be sent), with the status in *st; false when the statement is in
+ * PostgreSQL's hands (flush_poll completes it) or there was nothing pending. */
+static bool flush_start(ingest *ing, enum db_status *st) {
     ing->flush_n = ing->flush_items = 0;
     ing->pend_items = 0;
     /* One transaction covers at most MAX_TXN_PARTS partitions; messages of further
@@ -738,21 +760,29 @@ static void flush_begin(ingest *ing) {
         ing->flush_n++;
         ing->flush_items += m->batch.n_items;
     }
-    if (!ing->flush_n) return;
+    if (!ing->flush_n) return false;
     ing->flush_t0 = now_ms();
     bool empty;
-    enum db_status st = prepare(ing, &empty);
-    if (st == DB_OK && !empty) {
+    *st = prepare(ing, &empty);
+    if (*st == DB_OK && !empty) {
         ing->db_t0 = now_ms();
-        st = db_apply_send(ing->db, ing->cfg->group_id, ing->cfg->input_topic, &ing->o,
-                           ing->doc.buf, ing->errstr, sizeof ing->errstr);
-        if (st == DB_OK) {
+        *st = db_apply_send(ing->db, ing->cfg->group_id, ing->cfg->input_topic, &ing->o,
+                            ing->doc.buf, ing->errstr, sizeof ing->errstr);
+        if (*st == DB_OK) {
             ing->flushing = true;
-            return;
+            return false;
         }
-        st = applied(ing, st);
+        *st = applied(ing, *st);
     }
-    flush_continue(ing, st);
+    return true;
+}
+
+/* Starts flushing the pending messages as one transaction. On the happy path the
+ * statement is sent and the flush goes on in flush_poll, so that the next messages are
+ * consumed and decoded while PostgreSQL works. */
+static void flush_begin(ingest *ing) {
+    enum db_status st;
+    if (flush_start(ing, &st) && flush_settle(ing, st)) flush_deliver(ing, false);
 }
 
 /* Completes the flush in hand if PostgreSQL has answered (or, with wait, once it has). */
@@ -762,7 +792,7 @@ static void flush_poll(ingest *ing, bool wait) {
         enum db_status st = db_apply_poll(ing->db, &done, ing->errstr, sizeof ing->errstr);
         if (done) {
             ing->flushing = false;
-            flush_continue(ing, applied(ing, st));
+            if (flush_settle(ing, applied(ing, st))) flush_deliver(ing, !wait);
             return;
         }
         if (!wait) return;
