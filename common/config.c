@@ -49,6 +49,8 @@ static const setting settings[] = {
      3600000, "on SIGTERM, longest time spent finishing the batch in hand"},
     {"RETRY_MAX_MS", "--retry-max-ms", S_INT, OFF(retry_max_ms), "5000", 10, 600000,
      "cap of the retry backoff while PostgreSQL or Kafka is unavailable"},
+    {"DATABASE_CONNECTIONS", "--database-connections", S_INT, OFF(db_connections), "2", 1, 8,
+     "PostgreSQL connections, each applying the transactions of its share of the partitions"},
 };
 
 #define N_SETTINGS (sizeof settings / sizeof settings[0])

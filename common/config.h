@@ -27,6 +27,7 @@ typedef struct mw_config {
     int txn_max_wait_ms;    /* how long a transaction waits to fill */
     int shutdown_timeout_ms;
     int retry_max_ms;       /* cap of the retry backoff */
+    int db_connections;     /* lanes: partition p is applied on connection p % db_connections */
     int n_props;            /* -X name=value pairs, in order */
     char **prop_names;
     char **prop_values;

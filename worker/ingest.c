@@ -37,6 +37,7 @@ typedef struct pend_msg {
      * decodes it again, with the same outcome). */
     int n_items, invalid;
     bool bad, decoded;
+    int64_t arrived_ms;
 } pend_msg;
 
 typedef struct part_state {
@@ -47,28 +48,18 @@ typedef struct part_state {
 } part_state;
 
 #define MAX_TXN_PARTS 1024 /* partitions one transaction may cover */
+#define MAX_LANES 8
 
-typedef struct ingest {
-    const mw_config *cfg;
-    volatile sig_atomic_t *run;
-    rd_kafka_t *consumer;
-    rd_kafka_t *producer;
+/* A lane: one PostgreSQL connection and the transaction it applies. Partition p belongs to
+ * lane p % n_lanes, so lanes never share a partition: their transactions run side by side
+ * while each partition's messages still apply in order, one transaction at a time. */
+typedef struct lane {
+    int id;
     mw_db *db;
     mw_plan plan;
     jsonw doc;
-    jsonw out;
-    pend_msg *pend;
-    int n_pend, cap_pend;
-    int pend_items;         /* items not yet in a flush */
-    int64_t pend_since_ms;  /* arrival of the oldest message not yet in a flush */
-    part_state *parts;
-    int n_parts, cap_parts;
-    bool paused;
-    struct flight *fl_head; /* transactions whose results await acknowledgement, FIFO */
-    struct flight *fl_tail;
-    int n_flights;
-    int64_t deadline_ms;    /* set once a stop is asked for */
-    int64_t last_ping_ms;   /* last readiness check of PostgreSQL while idle */
+    int pend_items;         /* items of this lane's pending messages not yet in a flush */
+    int64_t pend_since_ms;  /* arrival of the oldest of them */
     /* The transaction being flushed: its offsets, and the asynchronous statement's state. */
     mw_offsets o;
     int32_t o_part[MAX_TXN_PARTS];
@@ -78,6 +69,27 @@ typedef struct ingest {
     int64_t db_t0;
     int flush_n, flush_items;
     int64_t flush_t0;
+    char errstr[1024];
+} lane;
+
+typedef struct ingest {
+    const mw_config *cfg;
+    volatile sig_atomic_t *run;
+    rd_kafka_t *consumer;
+    rd_kafka_t *producer;
+    lane lanes[MAX_LANES];
+    int n_lanes;
+    jsonw out;
+    pend_msg *pend;
+    int n_pend, cap_pend;
+    part_state *parts;
+    int n_parts, cap_parts;
+    bool paused;
+    struct flight *fl_head; /* transactions whose results await acknowledgement, FIFO */
+    struct flight *fl_tail;
+    int n_flights;
+    int64_t deadline_ms;    /* set once a stop is asked for */
+    int64_t last_ping_ms;   /* last readiness check of PostgreSQL while idle */
     mw_metrics *m;
     mw_http *http;
     bool fatal;
@@ -95,6 +107,16 @@ static int64_t backoff_ms(const ingest *ing, int attempt) {
 }
 
 /* ---- partitions ---- */
+
+static lane *lane_of(ingest *ing, int32_t part) {
+    return &ing->lanes[(part < 0 ? -part : part) % ing->n_lanes];
+}
+
+static bool any_flushing(const ingest *ing) {
+    for (int l = 0; l < ing->n_lanes; l++)
+        if (ing->lanes[l].flushing) return true;
+    return false;
+}
 
 static part_state *part_find(ingest *ing, int32_t part) {
     for (int i = 0; i < ing->n_parts; i++)
@@ -144,6 +166,7 @@ static void pend_append(ingest *ing, rd_kafka_message_t *rkm) {
     pend_msg *m = &ing->pend[ing->n_pend];
     memset(m, 0, sizeof *m);
     m->rkm = rkm;
+    m->arrived_ms = now_ms();
     mw_source src = {ing->cfg->input_topic, rkm->partition, rkm->offset};
     if (batch_decode(&m->batch, rkm->payload, rkm->len, &src,
                      ing->cfg->max_batch_items) != 0)
@@ -152,9 +175,10 @@ static void pend_append(ingest *ing, rd_kafka_message_t *rkm) {
     m->n_items = m->batch.n_items;
     m->invalid = m->batch.invalid_count;
     m->bad = m->batch.bad_request != NULL;
-    if (ing->pend_items == 0) ing->pend_since_ms = now_ms();
+    lane *L = lane_of(ing, rkm->partition);
+    if (L->pend_items == 0) L->pend_since_ms = m->arrived_ms;
     ing->n_pend++;
-    ing->pend_items += m->batch.n_items ? m->batch.n_items : 1;
+    L->pend_items += m->batch.n_items ? m->batch.n_items : 1;
     atomic_fetch_add(&ing->m->messages_consumed, 1);
     return;
 oom:
@@ -165,6 +189,18 @@ oom:
     ing->fatal = true;
 }
 
+/* Counts each lane's pending items not yet in a flush, and when the oldest arrived. */
+static void pend_recount(ingest *ing) {
+    for (int l = 0; l < ing->n_lanes; l++) ing->lanes[l].pend_items = 0;
+    for (int i = 0; i < ing->n_pend; i++) {
+        const pend_msg *m = &ing->pend[i];
+        if (m->in_flush) continue;
+        lane *L = lane_of(ing, m->rkm->partition);
+        if (!L->pend_items || m->arrived_ms < L->pend_since_ms) L->pend_since_ms = m->arrived_ms;
+        L->pend_items += m->batch.n_items ? m->batch.n_items : 1;
+    }
+}
+
 /* Drops pending messages of the given partitions (revoked: their new owner consumes them
  * again from the committed offset). */
 static void pend_drop_partitions(ingest *ing, const rd_kafka_topic_partition_list_t *parts) {
@@ -173,32 +209,27 @@ static void pend_drop_partitions(ingest *ing, const rd_kafka_topic_partition_lis
         bool drop = false;
         for (int i = 0; i < parts->cnt; i++)
             if (parts->elems[i].partition == ing->pend[r].rkm->partition) drop = true;
-        /* The plan points into these messages' trees: it must not be used again. */
-        if (drop && ing->pend[r].in_flush) ing->plan_stale = true;
+        /* The plan points into these messages' strings: it must not be used again. */
+        if (drop && ing->pend[r].in_flush) lane_of(ing, ing->pend[r].rkm->partition)->plan_stale = true;
         if (drop) pend_release(&ing->pend[r]);
         else ing->pend[w++] = ing->pend[r];
     }
     ing->n_pend = w;
-    ing->pend_items = 0;
-    for (int i = 0; i < w; i++)
-        if (!ing->pend[i].in_flush)
-            ing->pend_items += ing->pend[i].batch.n_items ? ing->pend[i].batch.n_items : 1;
+    pend_recount(ing);
 }
 
-/* Removes the messages of the flush just done (or abandoned). */
-static void pend_compact(ingest *ing) {
+/* Drops every pending message of lane L (its flush abandoned: they are consumed again). */
+static void pend_drop_lane(ingest *ing, lane *L) {
     int w = 0;
-    ing->pend_items = 0;
     for (int r = 0; r < ing->n_pend; r++) {
-        if (ing->pend[r].in_flush) {
+        if (lane_of(ing, ing->pend[r].rkm->partition) == L) {
             pend_release(&ing->pend[r]);
             continue;
         }
-        ing->pend_items += ing->pend[r].batch.n_items ? ing->pend[r].batch.n_items : 1;
         ing->pend[w++] = ing->pend[r];
     }
     ing->n_pend = w;
-    if (w) ing->pend_since_ms = now_ms();
+    pend_recount(ing);
 }
 
 /* ---- pausing while PostgreSQL or the producer is unavailable ---- */
@@ -253,12 +284,12 @@ static void keepalive(ingest *ing, int ms) {
 
 /* Waits before retry `attempt` (capped exponential backoff with jitter). False when the
  * batch must be abandoned (stop deadline passed, or fatal). */
-static bool backoff(ingest *ing, int attempt, const char *what) {
+static bool backoff(ingest *ing, int attempt, const char *what, const char *error) {
     int64_t d = backoff_ms(ing, attempt);
     d = d / 2 + rand() % (d / 2 + 1); /* jitter: workers do not retry in step */
     if (strcmp(what, "database") == 0) atomic_fetch_add(&ing->m->db_retries, 1);
     log_write(attempt > 2 ? LOG_WARN : LOG_INFO, "retrying", LF_S("what", what),
-              LF_S("error", ing->errstr), LF_I("attempt", attempt), LF_I("delay_ms", d), LF_END);
+              LF_S("error", error), LF_I("attempt", attempt), LF_I("delay_ms", d), LF_END);
     keepalive(ing, (int)d);
     return !ing->fatal && !past_deadline(ing);
 }
@@ -279,10 +310,15 @@ static void on_reject(void *opaque, int32_t part, int64_t off, int idx, const ch
     }
 }
 
-static void clear_rejects(ingest *ing) {
+/* True for the messages of lane L's flush. */
+static bool in_flush_of(ingest *ing, const pend_msg *m, const lane *L) {
+    return m->in_flush && lane_of(ing, m->rkm->partition) == L;
+}
+
+static void clear_rejects(ingest *ing, lane *L) {
     for (int i = 0; i < ing->n_pend; i++) {
         pend_msg *m = &ing->pend[i];
-        if (!m->in_flush || !m->db_err) continue;
+        if (!in_flush_of(ing, m, L) || !m->db_err) continue;
         for (int k = 0; k < m->batch.n_items; k++) free(m->db_err[k]);
         free(m->db_err);
         m->db_err = NULL;
@@ -291,12 +327,12 @@ static void clear_rejects(ingest *ing) {
 }
 
 /* Reads PostgreSQL's next offset for the flush's partitions not known yet. */
-static enum db_status load_offsets(ingest *ing) {
+static enum db_status load_offsets(ingest *ing, lane *L) {
     int32_t want[256];
     int n = 0;
     for (int i = 0; i < ing->n_pend && n < 256; i++) {
         pend_msg *m = &ing->pend[i];
-        if (!m->in_flush) continue;
+        if (!in_flush_of(ing, m, L)) continue;
         part_state *ps = part_add(ing, m->rkm->partition);
         if (!ps) return DB_TRANSIENT;
         if (ps->known) continue;
@@ -306,8 +342,8 @@ static enum db_status load_offsets(ingest *ing) {
     }
     if (!n) return DB_OK;
     int64_t next[256];
-    enum db_status st = db_read_offsets(ing->db, ing->cfg->group_id, ing->cfg->input_topic, want,
-                                        n, next, NULL, ing->errstr, sizeof ing->errstr);
+    enum db_status st = db_read_offsets(L->db, ing->cfg->group_id, ing->cfg->input_topic, want,
+                                        n, next, NULL, L->errstr, sizeof L->errstr);
     if (st != DB_OK) return st;
     for (int k = 0; k < n; k++) {
         part_state *ps = part_find(ing, want[k]);
@@ -319,32 +355,30 @@ static enum db_status load_offsets(ingest *ing) {
     return DB_OK;
 }
 
-/* One attempt at the database side of the flush. */
-/* Plans the flush's transaction: which messages are replays, the merged rows and the
- * offsets to move (kept in ing->o* for after the statement). *empty when there is nothing
- * to write. */
-static enum db_status prepare(ingest *ing, bool *empty) {
+/* Plans lane L's transaction: which messages are replays, the merged rows and the offsets
+ * to move (kept in L->o for after the statement). *empty when there is nothing to write. */
+static enum db_status prepare(ingest *ing, lane *L, bool *empty) {
     *empty = true;
-    ing->plan_stale = false;
-    enum db_status st = load_offsets(ing);
+    L->plan_stale = false;
+    enum db_status st = load_offsets(ing, L);
     if (st != DB_OK) return st;
-    clear_rejects(ing);
-    plan_reset(&ing->plan);
+    clear_rejects(ing, L);
+    plan_reset(&L->plan);
 
-    int32_t *parts = ing->o_part;
-    int64_t *expected = ing->o_expected, *next = ing->o_next, *acked = ing->o_acked;
+    int32_t *parts = L->o_part;
+    int64_t *expected = L->o_expected, *next = L->o_next, *acked = L->o_acked;
     int np = 0;
     for (int i = 0; i < ing->n_pend; i++) {
         pend_msg *m = &ing->pend[i];
-        if (!m->in_flush) continue;
+        if (!in_flush_of(ing, m, L)) continue;
         part_state *ps = part_find(ing, m->rkm->partition);
         m->replay = ps && ps->pg_next >= 0 && m->rkm->offset < ps->pg_next;
         if (m->replay || m->batch.bad_request) continue;
         bool any = false;
         for (int k = 0; k < m->batch.n_items; k++) {
             if (m->batch.items[k].error) continue;
-            if (plan_add(&ing->plan, &m->batch.items[k], m->rkm->partition, m->rkm->offset)) {
-                snprintf(ing->errstr, sizeof ing->errstr, "out of memory");
+            if (plan_add(&L->plan, &m->batch.items[k], m->rkm->partition, m->rkm->offset)) {
+                snprintf(L->errstr, sizeof L->errstr, "out of memory");
                 return DB_TRANSIENT;
             }
             any = true;
@@ -353,7 +387,7 @@ static enum db_status prepare(ingest *ing, bool *empty) {
         int k = 0;
         while (k < np && parts[k] != m->rkm->partition) k++;
         if (k == np) {
-            if (np == MAX_TXN_PARTS) return DB_FATAL; /* flush_begin keeps this from happening */
+            if (np == MAX_TXN_PARTS) return DB_FATAL; /* flush_start keeps this from happening */
             parts[np] = m->rkm->partition;
             expected[np] = ps ? ps->pg_next : -1;
             acked[np] = ps ? ps->acked : -1;
@@ -361,8 +395,8 @@ static enum db_status prepare(ingest *ing, bool *empty) {
         }
         next[k] = m->rkm->offset + 1;
     }
-    ing->o = (mw_offsets){np, parts, expected, next, acked};
-    if (ing->plan.n_items == 0) return DB_OK;
+    L->o = (mw_offsets){np, parts, expected, next, acked};
+    if (L->plan.n_items == 0) return DB_OK;
     *empty = false;
 
     /* Lock order: partitions ascending, so two workers never deadlock on offsets. */
@@ -373,14 +407,14 @@ static enum db_status prepare(ingest *ing, bool *empty) {
             int64_t tn = next[j]; next[j] = next[j - 1]; next[j - 1] = tn;
             int64_t ta = acked[j]; acked[j] = acked[j - 1]; acked[j - 1] = ta;
         }
-    if (plan_merge(&ing->plan)) {
-        snprintf(ing->errstr, sizeof ing->errstr, "out of memory");
+    if (plan_merge(&L->plan)) {
+        snprintf(L->errstr, sizeof L->errstr, "out of memory");
         return DB_TRANSIENT;
     }
-    jsonw_reset(&ing->doc);
-    plan_rows_json(&ing->plan, &ing->doc);
-    if (ing->doc.oom) {
-        snprintf(ing->errstr, sizeof ing->errstr, "out of memory");
+    jsonw_reset(&L->doc);
+    plan_rows_json(&L->plan, &L->doc);
+    if (L->doc.oom) {
+        snprintf(L->errstr, sizeof L->errstr, "out of memory");
         return DB_TRANSIENT;
     }
     return DB_OK;
@@ -388,55 +422,60 @@ static enum db_status prepare(ingest *ing, bool *empty) {
 
 /* After the happy-path statement returned st: isolates refused items (slow path), moves
  * the cached offsets on success, forgets them on failure. */
-static enum db_status applied(ingest *ing, enum db_status st) {
-    if (st == DB_DATA && ing->plan_stale) {
+static enum db_status applied(ingest *ing, lane *L, enum db_status st) {
+    if (st == DB_DATA && L->plan_stale) {
         /* Partitions were revoked while the statement ran: plan again (synchronously,
          * through the retry) before isolating the refused item. */
-        snprintf(ing->errstr, sizeof ing->errstr, "partitions revoked during the batch");
+        snprintf(L->errstr, sizeof L->errstr, "partitions revoked during the batch");
         st = DB_TRANSIENT;
     }
     if (st == DB_DATA) {
         atomic_fetch_add(&ing->m->db_errors[DBC_DATA], 1);
         log_write(LOG_WARN, "PostgreSQL refused an item: applying the batch item by item",
-                  LF_S("error", ing->errstr), LF_I("items", ing->plan.n_items), LF_END);
-        jsonw_reset(&ing->doc);
-        plan_items_json(&ing->plan, &ing->doc);
-        st = db_apply_isolated(ing->db, ing->cfg->group_id, ing->cfg->input_topic, &ing->o,
-                               ing->doc.buf, on_reject, ing, ing->errstr, sizeof ing->errstr);
+                  LF_S("error", L->errstr), LF_I("items", L->plan.n_items), LF_END);
+        jsonw_reset(&L->doc);
+        plan_items_json(&L->plan, &L->doc);
+        if (L->doc.oom) snprintf(L->errstr, sizeof L->errstr, "out of memory");
+        st = L->doc.oom ? DB_TRANSIENT
+                        : db_apply_isolated(L->db, ing->cfg->group_id, ing->cfg->input_topic,
+                                            &L->o, L->doc.buf, on_reject, ing, L->errstr,
+                                            sizeof L->errstr);
         /* A data error now (outside any item) cannot be isolated. */
         if (st == DB_DATA) st = DB_FATAL;
     }
     if (st == DB_OK) {
-        for (int k = 0; k < ing->o.n; k++) {
-            part_state *ps = part_find(ing, ing->o.part[k]);
-            if (ps) ps->pg_next = ing->o.next[k];
+        for (int k = 0; k < L->o.n; k++) {
+            part_state *ps = part_find(ing, L->o.part[k]);
+            if (ps) ps->pg_next = L->o.next[k];
         }
         atomic_fetch_add(&ing->m->db_transactions, 1);
-        metrics_observe(&ing->m->db_seconds, (double)(now_ms() - ing->db_t0) / 1000.0);
-        metrics_observe(&ing->m->batch_items, ing->plan.n_items);
+        metrics_observe(&ing->m->db_seconds, (double)(now_ms() - L->db_t0) / 1000.0);
+        metrics_observe(&ing->m->batch_items, L->plan.n_items);
     } else {
         /* Read the offsets again before retrying: another worker may have moved them. */
-        for (int k = 0; k < ing->n_parts; k++) ing->parts[k].known = false;
-        clear_rejects(ing);
+        for (int k = 0; k < ing->n_parts; k++)
+            if (lane_of(ing, ing->parts[k].part) == L) ing->parts[k].known = false;
+        clear_rejects(ing, L);
     }
     return st;
 }
 
 /* One synchronous attempt at the database side of the flush (retries, slow path). */
-static enum db_status apply_once(ingest *ing) {
+static enum db_status apply_once(ingest *ing, lane *L) {
     bool empty;
-    enum db_status st = prepare(ing, &empty);
+    enum db_status st = prepare(ing, L, &empty);
     if (st != DB_OK || empty) return st;
-    ing->db_t0 = now_ms();
-    st = db_apply(ing->db, ing->cfg->group_id, ing->cfg->input_topic, &ing->o, ing->doc.buf,
-                  ing->errstr, sizeof ing->errstr);
-    return applied(ing, st);
+    L->db_t0 = now_ms();
+    st = db_apply(L->db, ing->cfg->group_id, ing->cfg->input_topic, &L->o, L->doc.buf,
+                  L->errstr, sizeof L->errstr);
+    return applied(ing, L, st);
 }
 
 /* Rebuilds the database rejects of replayed messages (for identical results). */
-static enum db_status load_replay_rejects(ingest *ing) {
+static enum db_status load_replay_rejects(ingest *ing, lane *L) {
     for (int k = 0; k < ing->n_parts; k++) {
         int32_t part = ing->parts[k].part;
+        if (lane_of(ing, part) != L) continue;
         int64_t lo = -1, hi = -1;
         for (int i = 0; i < ing->n_pend; i++) {
             pend_msg *m = &ing->pend[i];
@@ -446,9 +485,9 @@ static enum db_status load_replay_rejects(ingest *ing) {
             if (m->rkm->offset > hi) hi = m->rkm->offset;
         }
         if (lo < 0) continue;
-        enum db_status st = db_read_rejects(ing->db, ing->cfg->group_id, ing->cfg->input_topic,
-                                            part, lo, hi, on_reject, ing, ing->errstr,
-                                            sizeof ing->errstr);
+        enum db_status st = db_read_rejects(L->db, ing->cfg->group_id, ing->cfg->input_topic,
+                                            part, lo, hi, on_reject, ing, L->errstr,
+                                            sizeof L->errstr);
         if (st != DB_OK) return st;
     }
     return DB_OK;
@@ -468,8 +507,6 @@ typedef struct flight {
     int64_t started_ms;
     struct flight *next;
 } flight;
-
-#define MAX_FLIGHTS 1
 
 static void flight_free(flight *f) {
     for (int i = 0; i < f->n; i++) pend_release(&f->msgs[i]);
@@ -635,25 +672,22 @@ static bool drain_flights(ingest *ing, bool wait) {
     }
 }
 
-/* Moves the flushed messages out of pend into a new flight at the tail of the queue. */
-static flight *flight_take(ingest *ing) {
+/* Moves lane L's flushed messages out of pend into a new flight at the tail of the queue. */
+static flight *flight_take(ingest *ing, lane *L) {
     flight *f = calloc(1, sizeof *f);
     int n = 0;
-    for (int i = 0; i < ing->n_pend; i++) n += ing->pend[i].in_flush;
+    for (int i = 0; i < ing->n_pend; i++) n += in_flush_of(ing, &ing->pend[i], L);
     if (!f || !(f->msgs = malloc((size_t)(n ? n : 1) * sizeof *f->msgs))) {
         free(f);
         return NULL;
     }
     int w = 0;
     for (int r = 0; r < ing->n_pend; r++) {
-        if (ing->pend[r].in_flush) f->msgs[f->n++] = ing->pend[r];
+        if (in_flush_of(ing, &ing->pend[r], L)) f->msgs[f->n++] = ing->pend[r];
         else ing->pend[w++] = ing->pend[r];
     }
     ing->n_pend = w;
-    ing->pend_items = 0;
-    for (int i = 0; i < w; i++)
-        ing->pend_items += ing->pend[i].batch.n_items ? ing->pend[i].batch.n_items : 1;
-    if (w) ing->pend_since_ms = now_ms();
+    pend_recount(ing);
     f->started_ms = now_ms();
     if (ing->fl_tail) ing->fl_tail->next = f;
     else ing->fl_head = f;
@@ -662,69 +696,69 @@ static flight *flight_take(ingest *ing) {
     return f;
 }
 
-/* The database side of a flush once its first attempt returned st: retries (with backoff,
- * synchronously), then the rejects of replayed messages. False when the flush was
+/* The database side of lane L's flush once its first attempt returned st: retries (with
+ * backoff, synchronously), then the rejects of replayed messages. False when the flush was
  * abandoned (its messages are consumed again). */
-static bool flush_settle(ingest *ing, enum db_status st) {
+static bool flush_settle(ingest *ing, lane *L, enum db_status st) {
     for (int attempt = 0;; attempt++) {
-        if (attempt > 0) st = apply_once(ing);
-        if (st == DB_OK) st = load_replay_rejects(ing);
+        if (attempt > 0) st = apply_once(ing, L);
+        if (st == DB_OK) st = load_replay_rejects(ing, L);
         atomic_store(&ing->m->db_up, st != DB_TRANSIENT);
         if (st == DB_OK) return true;
         atomic_fetch_add(&ing->m->db_errors[st == DB_TRANSIENT ? DBC_TRANSIENT : DBC_FATAL], 1);
         if (st == DB_FATAL) {
             log_write(LOG_ERROR, "PostgreSQL error that retrying cannot fix: stopping",
-                      LF_S("error", ing->errstr), LF_END);
+                      LF_S("error", L->errstr), LF_END);
             ing->fatal = true;
             break;
         }
-        if (!backoff(ing, attempt, "database")) break;
+        if (!backoff(ing, attempt, "database", L->errstr)) break;
     }
     log_write(LOG_WARN, "batch abandoned: its messages will be consumed again",
-              LF_I("messages", ing->flush_n), LF_END);
-    /* Nothing stored for these messages; drop everything pending so that no later message
-     * of their partitions is committed past them. */
-    for (int i = 0; i < ing->n_pend; i++) ing->pend[i].in_flush = true;
-    pend_compact(ing);
+              LF_I("messages", L->flush_n), LF_I("connection", L->id), LF_END);
+    /* Nothing stored for these messages; drop everything pending of their partitions so
+     * that no later message of theirs is committed past them. */
+    pend_drop_lane(ing, L);
     set_paused(ing, false);
     return false;
 }
 
-/* The pending messages make a transaction: enough items, or the oldest waited long enough. */
-static bool flush_due(ingest *ing) {
-    return ing->pend_items && (ing->pend_items >= ing->cfg->txn_max_items ||
-                               now_ms() - ing->pend_since_ms >= ing->cfg->txn_max_wait_ms);
+/* Lane L's pending messages make a transaction: enough items, or the oldest waited long
+ * enough. */
+static bool flush_due(ingest *ing, const lane *L) {
+    return L->pend_items && (L->pend_items >= ing->cfg->txn_max_items ||
+                             now_ms() - L->pend_since_ms >= ing->cfg->txn_max_wait_ms);
 }
 
-static bool flush_start(ingest *ing, enum db_status *st);
+static bool flush_start(ingest *ing, lane *L, enum db_status *st);
 
 /* A flush whose rows are in PostgreSQL: its messages become a flight whose results go to
- * Kafka. With pipeline, the next transaction (if due) is sent to PostgreSQL first, so
- * that the database works while these results are rendered and acknowledged. */
-static void flush_deliver(ingest *ing, bool pipeline) {
-    int64_t t1 = now_ms(), t0 = ing->flush_t0;
-    int n = ing->flush_n, items = ing->flush_items;
-    flight *f = flight_take(ing);
+ * Kafka. With pipeline, the lane's next transaction (if due) is sent to PostgreSQL first,
+ * so that the database works while these results are rendered and acknowledged. */
+static void flush_deliver(ingest *ing, lane *L, bool pipeline) {
+    int64_t t1 = now_ms(), t0 = L->flush_t0;
+    int n = L->flush_n, items = L->flush_items;
+    flight *f = flight_take(ing, L);
     if (!f) {
         log_write(LOG_ERROR, "out of memory", LF_END);
         ing->fatal = true;
-        for (int i = 0; i < ing->n_pend; i++) ing->pend[i].in_flush = true;
-        pend_compact(ing);
+        pend_drop_lane(ing, L);
         return;
     }
     /* Results are produced before anything can complete flights (drain_flights): a
      * flight with no delivery in flight counts as acknowledged. */
     enum db_status next_st = DB_OK;
-    bool next_sync = pipeline && !ing->paused && flush_due(ing) && flush_start(ing, &next_st);
+    bool next_sync = pipeline && !ing->paused && flush_due(ing, L) && flush_start(ing, L, &next_st);
     produce_results(ing, f);
     set_paused(ing, false);
     log_write(LOG_DEBUG, "batch done", LF_I("messages", n), LF_I("items", items),
-              LF_I("db_ms", t1 - t0), LF_I("total_ms", now_ms() - t0), LF_END);
-    /* Bounded memory: at most MAX_FLIGHTS transactions await their acknowledgements. */
+              LF_I("db_ms", t1 - t0), LF_I("total_ms", now_ms() - t0), LF_I("connection", L->id),
+              LF_END);
+    /* Bounded memory: at most one transaction per lane awaits its acknowledgements. */
     int64_t wait_start = now_ms();
-    while (ing->n_flights > MAX_FLIGHTS && !ing->fatal && !past_deadline(ing)) {
+    while (ing->n_flights > ing->n_lanes && !ing->fatal && !past_deadline(ing)) {
         drain_flights(ing, false);
-        if (ing->n_flights > MAX_FLIGHTS) {
+        if (ing->n_flights > ing->n_lanes) {
             atomic_store(&ing->m->heartbeat_ms, now_ms());
             rd_kafka_poll(ing->producer, 20);
             /* Kafka unreachable for a while: keep serving the group, partitions paused. */
@@ -732,81 +766,79 @@ static void flush_deliver(ingest *ing, bool pipeline) {
         }
     }
     drain_flights(ing, false);
-    if (next_sync && flush_settle(ing, next_st)) flush_deliver(ing, false);
+    if (next_sync && flush_settle(ing, L, next_st)) flush_deliver(ing, L, false);
 }
 
-/* Marks every pending message (up to MAX_TXN_PARTS partitions) as one transaction and
+/* Marks lane L's pending messages (up to MAX_TXN_PARTS partitions) as one transaction and
  * sends its statement: true when it must go on synchronously (nothing to write, or the
  * statement could not be sent), with the status in *st; false when the statement is in
  * PostgreSQL's hands (flush_poll completes it) or there was nothing pending. */
-static bool flush_start(ingest *ing, enum db_status *st) {
-    ing->flush_n = ing->flush_items = 0;
-    ing->pend_items = 0;
+static bool flush_start(ingest *ing, lane *L, enum db_status *st) {
+    L->flush_n = L->flush_items = 0;
     /* One transaction covers at most MAX_TXN_PARTS partitions; messages of further
      * partitions wait for the next one (all of a partition's messages together). */
     int np = 0;
     for (int i = 0; i < ing->n_pend; i++) {
         pend_msg *m = &ing->pend[i];
+        if (m->in_flush || lane_of(ing, m->rkm->partition) != L) continue;
         int k = 0;
-        while (k < np && ing->o_part[k] != m->rkm->partition) k++;
+        while (k < np && L->o_part[k] != m->rkm->partition) k++;
         if (k == np) {
-            if (np == MAX_TXN_PARTS) {
-                ing->pend_items += m->batch.n_items ? m->batch.n_items : 1;
-                continue;
-            }
-            ing->o_part[np++] = m->rkm->partition;
+            if (np == MAX_TXN_PARTS) continue;
+            L->o_part[np++] = m->rkm->partition;
         }
         m->in_flush = true;
-        ing->flush_n++;
-        ing->flush_items += m->batch.n_items;
+        L->flush_n++;
+        L->flush_items += m->batch.n_items;
     }
-    if (!ing->flush_n) return false;
-    ing->flush_t0 = now_ms();
+    pend_recount(ing);
+    if (!L->flush_n) return false;
+    L->flush_t0 = now_ms();
     bool empty;
-    *st = prepare(ing, &empty);
+    *st = prepare(ing, L, &empty);
     if (*st == DB_OK && !empty) {
-        ing->db_t0 = now_ms();
-        *st = db_apply_send(ing->db, ing->cfg->group_id, ing->cfg->input_topic, &ing->o,
-                            ing->doc.buf, ing->errstr, sizeof ing->errstr);
+        L->db_t0 = now_ms();
+        *st = db_apply_send(L->db, ing->cfg->group_id, ing->cfg->input_topic, &L->o,
+                            L->doc.buf, L->errstr, sizeof L->errstr);
         if (*st == DB_OK) {
-            ing->flushing = true;
+            L->flushing = true;
             return false;
         }
-        *st = applied(ing, *st);
+        *st = applied(ing, L, *st);
     }
     return true;
 }
 
-/* Starts flushing the pending messages as one transaction. On the happy path the
+/* Starts flushing lane L's pending messages as one transaction. On the happy path the
  * statement is sent and the flush goes on in flush_poll, so that the next messages are
  * consumed and decoded while PostgreSQL works. */
-static void flush_begin(ingest *ing) {
+static void flush_begin(ingest *ing, lane *L) {
     enum db_status st;
-    if (flush_start(ing, &st) && flush_settle(ing, st)) flush_deliver(ing, false);
+    if (flush_start(ing, L, &st) && flush_settle(ing, L, st)) flush_deliver(ing, L, false);
 }
 
-/* Completes the flush in hand if PostgreSQL has answered (or, with wait, once it has). */
-static void flush_poll(ingest *ing, bool wait) {
-    while (ing->flushing) {
+/* Completes lane L's flush if PostgreSQL has answered (or, with wait, once it has). */
+static void flush_poll(ingest *ing, lane *L, bool wait) {
+    while (L->flushing) {
         int done = 0;
-        enum db_status st = db_apply_poll(ing->db, &done, ing->errstr, sizeof ing->errstr);
+        enum db_status st = db_apply_poll(L->db, &done, L->errstr, sizeof L->errstr);
         if (done) {
-            ing->flushing = false;
-            if (flush_settle(ing, applied(ing, st))) flush_deliver(ing, !wait);
+            L->flushing = false;
+            if (flush_settle(ing, L, applied(ing, L, st))) flush_deliver(ing, L, !wait);
             return;
         }
         if (!wait) return;
-        struct pollfd pfd = {db_socket(ing->db), POLLIN, 0};
+        struct pollfd pfd = {db_socket(L->db), POLLIN, 0};
         if (pfd.fd >= 0) poll(&pfd, 1, 100);
         atomic_store(&ing->m->heartbeat_ms, now_ms());
     }
 }
 
-/* A whole flush, synchronously (at a stop). */
+/* Every lane's flush, synchronously (at a stop). */
 static void flush(ingest *ing) {
-    flush_poll(ing, true);
-    flush_begin(ing);
-    flush_poll(ing, true);
+    for (int l = 0; l < ing->n_lanes; l++) flush_poll(ing, &ing->lanes[l], true);
+    for (int l = 0; l < ing->n_lanes; l++) flush_begin(ing, &ing->lanes[l]);
+    for (int l = 0; l < ing->n_lanes; l++) flush_poll(ing, &ing->lanes[l], true);
 }
 
 /* ---- callbacks ---- */
@@ -844,7 +876,10 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             rd_kafka_topic_partition_t *tp = &parts->elems[i];
             part_state *ps = part_add(ing, tp->partition);
             int64_t pg = -1, pg_acked = -1;
-            if (ps && db_read_offsets(ing->db, ing->cfg->group_id, ing->cfg->input_topic,
+            /* The partition's own connection, or another one if it is busy with a batch. */
+            mw_db *db = lane_of(ing, tp->partition)->db;
+            for (int l = 0; l < ing->n_lanes && db_busy(db); l++) db = ing->lanes[l].db;
+            if (ps && db_read_offsets(db, ing->cfg->group_id, ing->cfg->input_topic,
                                       &tp->partition, 1, &pg, &pg_acked, ing->errstr,
                                       sizeof ing->errstr) == DB_OK) {
                 ps->pg_next = pg;
@@ -906,7 +941,7 @@ static void idle_ping(ingest *ing) {
     if (now - ing->last_ping_ms < 2000) return;
     ing->last_ping_ms = now;
     char err[256];
-    atomic_store(&ing->m->db_up, db_ping(ing->db, err, sizeof err) == DB_OK);
+    atomic_store(&ing->m->db_up, db_ping(ing->lanes[0].db, err, sizeof err) == DB_OK);
 }
 
 /* ---- run ---- */
@@ -914,7 +949,7 @@ static void idle_ping(ingest *ing) {
 static bool wait_for_database(ingest *ing) {
     for (int attempt = 0;; attempt++) {
         atomic_store(&ing->m->heartbeat_ms, now_ms());
-        enum db_status st = db_check_schema(ing->db, ing->errstr, sizeof ing->errstr);
+        enum db_status st = db_check_schema(ing->lanes[0].db, ing->errstr, sizeof ing->errstr);
         atomic_store(&ing->m->db_up, st == DB_OK);
         if (st == DB_OK) return true;
         if (st == DB_FATAL) {
@@ -971,15 +1006,22 @@ int ingest_run(const mw_config *cfg, volatile sig_atomic_t *run) {
     memset(ing, 0, sizeof *ing);
     ing->cfg = cfg;
     ing->run = run;
-    plan_init(&ing->plan);
-    jsonw_init(&ing->doc);
     jsonw_init(&ing->out);
     int rc = 1;
     srand((unsigned)time(NULL) ^ (unsigned)getpid());
 
-    ing->db = db_new(cfg);
+    ing->n_lanes = cfg->db_connections < 1 ? 1 : cfg->db_connections > MAX_LANES ? MAX_LANES
+                                                                                 : cfg->db_connections;
+    bool lanes_ok = true;
+    for (int l = 0; l < ing->n_lanes; l++) {
+        lane *L = &ing->lanes[l];
+        L->id = l;
+        plan_init(&L->plan);
+        jsonw_init(&L->doc);
+        lanes_ok &= (L->db = db_new(cfg)) != NULL;
+    }
     ing->m = metrics_new();
-    if (!ing->db || !ing->m) {
+    if (!lanes_ok || !ing->m) {
         log_write(LOG_ERROR, "out of memory", LF_END);
         goto done;
     }
@@ -1022,31 +1064,48 @@ int ingest_run(const mw_config *cfg, volatile sig_atomic_t *run) {
 
     while (!ing->fatal && !stopping(ing)) {
         atomic_store(&ing->m->heartbeat_ms, now_ms());
-        if (ing->flushing && ing->pend_items >= cfg->txn_max_items) {
-            /* The next transaction is full: wait for PostgreSQL, not for more messages. */
-            flush_poll(ing, false);
-            if (ing->flushing) {
-                struct pollfd pfd = {db_socket(ing->db), POLLIN, 0};
-                if (pfd.fd >= 0) poll(&pfd, 1, 5);
+        /* A lane whose next transaction is full while its statement runs: wait for
+         * PostgreSQL, not for more messages (bounded memory). */
+        struct pollfd full[MAX_LANES];
+        int n_full = 0;
+        for (int l = 0; l < ing->n_lanes; l++) {
+            lane *L = &ing->lanes[l];
+            if (L->flushing && L->pend_items >= cfg->txn_max_items)
+                full[n_full++] = (struct pollfd){db_socket(L->db), POLLIN, 0};
+        }
+        if (n_full) {
+            bool done = false;
+            for (int l = 0; l < ing->n_lanes; l++) {
+                lane *L = &ing->lanes[l];
+                bool was = L->flushing;
+                flush_poll(ing, L, false);
+                done |= was && !L->flushing;
             }
+            if (!done) poll(full, (nfds_t)n_full, 5);
             rd_kafka_poll(ing->producer, 0);
+            for (int l = 0; l < ing->n_lanes; l++) {
+                lane *L = &ing->lanes[l];
+                if (!L->flushing && flush_due(ing, L)) flush_begin(ing, L);
+            }
             continue;
         }
         int timeout = 100;
-        if (ing->flushing) timeout = 1;
-        else if (ing->pend_items) {
-            int64_t left = ing->pend_since_ms + cfg->txn_max_wait_ms - now_ms();
-            timeout = left < 0 ? 0 : (int)left;
+        if (any_flushing(ing)) timeout = 1;
+        for (int l = 0; l < ing->n_lanes; l++) {
+            lane *L = &ing->lanes[l];
+            if (L->flushing || !L->pend_items) continue;
+            int64_t left = L->pend_since_ms + cfg->txn_max_wait_ms - now_ms();
+            if (left < timeout) timeout = left < 0 ? 0 : (int)left;
         }
         rd_kafka_message_t *rkm = rd_kafka_consumer_poll(ing->consumer, timeout);
         if (rkm) handle_message(ing, rkm);
-        flush_poll(ing, false);
+        for (int l = 0; l < ing->n_lanes; l++) flush_poll(ing, &ing->lanes[l], false);
         drain_flights(ing, false);
-        if (!ing->n_pend && !ing->flushing) idle_ping(ing);
-        if (!ing->flushing && ing->pend_items &&
-            (ing->pend_items >= cfg->txn_max_items ||
-             now_ms() - ing->pend_since_ms >= cfg->txn_max_wait_ms))
-            flush_begin(ing);
+        if (!ing->n_pend && !any_flushing(ing)) idle_ping(ing);
+        for (int l = 0; l < ing->n_lanes; l++) {
+            lane *L = &ing->lanes[l];
+            if (!L->flushing && flush_due(ing, L)) flush_begin(ing, L);
+        }
     }
     /* Finish the batch in hand and its acknowledgements (bounded by the stop deadline),
      * then leave the group. */
@@ -1077,10 +1136,12 @@ done:
     for (int i = 0; i < ing->n_pend; i++) pend_release(&ing->pend[i]);
     free(ing->pend);
     free(ing->parts);
-    plan_free(&ing->plan);
-    jsonw_free(&ing->doc);
+    for (int l = 0; l < ing->n_lanes; l++) {
+        plan_free(&ing->lanes[l].plan);
+        jsonw_free(&ing->lanes[l].doc);
+        db_destroy(ing->lanes[l].db);
+    }
     jsonw_free(&ing->out);
-    db_destroy(ing->db);
     http_stop(ing->http);
     metrics_destroy(ing->m);
     log_write(LOG_INFO, "worker stopped", LF_I("exit_status", rc), LF_END);

@@ -1,12 +1,16 @@
 /*
  * ingest: the consume → validate → upsert → results → commit loop of `metadata-worker run`
- * (SPEC §2–§6). Owns the Kafka clients and the database connection.
+ * (SPEC §2–§6). Owns the Kafka clients and the database connections.
  *
  * Messages are gathered into one database transaction (up to TXN_MAX_ITEMS items or
  * TXN_MAX_WAIT_MS); after PostgreSQL commits, every result and dead letter is produced and
  * acknowledged; only then are the input offsets stored for commit. PostgreSQL records the
  * next offset of each partition in the same transaction as the rows, so a message already
  * applied is never applied again: its results are only produced again, identical.
+ *
+ * DATABASE_CONNECTIONS lanes (default 2) apply transactions side by side: partition p
+ * belongs to lane p % lanes, so each partition's messages still apply one transaction at a
+ * time, in order, exactly as with that many workers holding a share of the partitions each.
  */
 #ifndef MW_INGEST_H
 #define MW_INGEST_H

@@ -161,6 +161,25 @@ class TestIngest(E2ECase):
         self.assertEqual(offsets, {0: 2, 1: 2, 2: 2})
         self.stop_worker(w2)
 
+    def test_partitions_applied_on_their_own_connections(self):
+        """DATABASE_CONNECTIONS (default 2): partition p is applied on connection p mod 2, so
+        two transactions run side by side; per partition, items still apply in order."""
+        for m in range(12):
+            p = m % 3
+            self.produce({"items": [item(f"c{p}", f"k{i}", status=f"s{m}") for i in range(10)]},
+                         partition=p)
+        w = self.start_worker({"LOG_LEVEL": "debug"})
+        self.wait_results(120, w)
+        self.stop_worker(w)
+        used = {json.loads(l)["connection"] for l in w.lines()
+                if l.startswith("{") and '"batch done"' in l}
+        self.assertEqual(used, {0, 1}, w.dump())
+        rows = self.rows()
+        self.assertEqual(len(rows), 30)
+        # The last message of each partition wins: messages 9, 10 and 11.
+        for p in range(3):
+            self.assertEqual(rows[(f"c{p}", "k0")][3], f"s{9 + p}")
+
     def test_no_statement_per_item(self):
         """The happy path runs one statement per database transaction, not per item."""
         self.query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
