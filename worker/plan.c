@@ -47,6 +47,18 @@ static bool str_eq(const mw_str *a, const mw_str *b) {
     return a->n == b->n && memcmp(a->p, b->p, a->n) == 0;
 }
 
+static int str_cmp(const mw_str *a, const mw_str *b) {
+    size_t n = a->n < b->n ? a->n : b->n;
+    int c = n ? memcmp(a->p, b->p, n) : 0;
+    return c ? c : (a->n > b->n) - (a->n < b->n);
+}
+
+static int row_cmp(const void *x, const void *y) {
+    const mw_row *a = x, *b = y;
+    int c = str_cmp(&a->f[F_CUSTOMER], &b->f[F_CUSTOMER]);
+    return c ? c : str_cmp(&a->f[F_CONVERSATION], &b->f[F_CONVERSATION]);
+}
+
 int plan_merge(mw_plan *p) {
     size_t need = 16;
     while (need < (size_t)p->n_items * 2) need *= 2;
@@ -97,6 +109,10 @@ int plan_merge(mw_plan *p) {
         row->has_attrs |= it->has_attrs;
         row->last = pi;
     }
+    /* Rows in key order: PostgreSQL locks them in the order the MERGE meets them, so two
+     * transactions writing common keys (two connections, or two workers) wait for each
+     * other instead of deadlocking (and losing deadlock_timeout, 1 s, before a retry). */
+    qsort(p->rows, (size_t)p->n_rows, sizeof *p->rows, row_cmp);
     return 0;
 }
 

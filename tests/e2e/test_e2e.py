@@ -180,6 +180,32 @@ class TestIngest(E2ECase):
         for p in range(3):
             self.assertEqual(rows[(f"c{p}", "k0")][3], f"s{9 + p}")
 
+    def test_shared_keys_across_connections_never_deadlock(self):
+        """Two connections writing the same keys, listed in opposite orders by their
+        partitions, wait for each other's row locks but never deadlock: the rows of a
+        transaction go to PostgreSQL in key order."""
+        # A table large enough for PostgreSQL to look each row up by the primary key: the
+        # MERGE then locks rows in the order the document lists them.
+        self.query("INSERT INTO customer_metadata (external_customer_id, external_conversation_id,"
+                   " event_id, source_topic, source_partition, source_offset, source_index)"
+                   " SELECT 'shared', 'k' || lpad(i::text, 6, '0'), 'e', 't', 0, 0, 0"
+                   " FROM generate_series(0, 199999) i")
+        self.query("ANALYZE customer_metadata")
+        keys = [f"k{i * 80:06d}" for i in range(2500)]
+        for m in range(12):
+            order = keys if m % 2 == 0 else keys[::-1]
+            self.produce({"items": [item("shared", k, status=f"m{m}") for k in order]},
+                         partition=m % 2)
+        w = self.start_worker({"LOG_LEVEL": "debug"})
+        self.wait_results(12 * 2500, w)
+        self.stop_worker(w)
+        deadlocks = [l for l in w.lines() if "40P01" in l or "deadlock" in l]
+        self.assertEqual(deadlocks, [], "\n".join(deadlocks[:3]))
+        rows = self.rows()
+        self.assertEqual(len(rows), 200000)
+        # Each written row holds the last message of one partition or the other.
+        self.assertTrue(all(rows[("shared", k)][3] in ("m10", "m11") for k in keys))
+
     def test_no_statement_per_item(self):
         """The happy path runs one statement per database transaction, not per item."""
         self.query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
