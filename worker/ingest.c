@@ -69,6 +69,7 @@ typedef struct lane {
     int64_t db_t0;
     int flush_n, flush_items;
     int64_t flush_t0;
+    int64_t flush_wait_ms;  /* how long its oldest message had waited when the flush began */
     char errstr[1024];
 } lane;
 
@@ -736,7 +737,7 @@ static bool flush_start(ingest *ing, lane *L, enum db_status *st);
  * Kafka. With pipeline, the lane's next transaction (if due) is sent to PostgreSQL first,
  * so that the database works while these results are rendered and acknowledged. */
 static void flush_deliver(ingest *ing, lane *L, bool pipeline) {
-    int64_t t1 = now_ms(), t0 = L->flush_t0;
+    int64_t t1 = now_ms(), t0 = L->flush_t0, waited = L->flush_wait_ms;
     int n = L->flush_n, items = L->flush_items;
     flight *f = flight_take(ing, L);
     if (!f) {
@@ -752,8 +753,8 @@ static void flush_deliver(ingest *ing, lane *L, bool pipeline) {
     produce_results(ing, f);
     set_paused(ing, false);
     log_write(LOG_DEBUG, "batch done", LF_I("messages", n), LF_I("items", items),
-              LF_I("db_ms", t1 - t0), LF_I("total_ms", now_ms() - t0), LF_I("connection", L->id),
-              LF_END);
+              LF_I("wait_ms", waited), LF_I("db_ms", t1 - t0), LF_I("total_ms", now_ms() - t0),
+              LF_I("connection", L->id), LF_END);
     /* Bounded memory: at most one transaction per lane awaits its acknowledgements. */
     int64_t wait_start = now_ms();
     while (ing->n_flights > ing->n_lanes && !ing->fatal && !past_deadline(ing)) {
@@ -775,6 +776,7 @@ static void flush_deliver(ingest *ing, lane *L, bool pipeline) {
  * PostgreSQL's hands (flush_poll completes it) or there was nothing pending. */
 static bool flush_start(ingest *ing, lane *L, enum db_status *st) {
     L->flush_n = L->flush_items = 0;
+    L->flush_wait_ms = L->pend_items ? now_ms() - L->pend_since_ms : 0;
     /* One transaction covers at most MAX_TXN_PARTS partitions; messages of further
      * partitions wait for the next one (all of a partition's messages together). */
     int np = 0;

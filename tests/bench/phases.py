@@ -684,7 +684,7 @@ def backlog_md(sec):
             f"- backlog: {sec['items']:,} items in {sec['messages']:,} messages of "
             f"{sec['items_per_message']} over 6 partitions ({sec['bytes'] / 1e9:.2f} GB), all in "
             "Kafka before the worker starts (60 pre-encoded gen.Stream messages, each copy with its "
-            "own key prefix); prefetch bounded by librdkafka's queued.max.messages.kbytes=16384",
+            "own key prefix); prefetch bounded by librdkafka's queued.max.messages.kbytes (the worker's default, 32768)",
             f"- the worker ran {sec['seconds']:.0f}s (limit {sec['max_seconds']}s or drained), "
             f"drained {sec['drained_items']:,} items ({sec['items_per_s']:,.0f} items/s, "
             f"{sec['cpu_s_per_m']:.2f} CPU s/M items); exit 0 {sec['sigterm_exit_s']:.2f}s after SIGTERM",
