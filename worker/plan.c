@@ -112,7 +112,7 @@ int plan_merge(mw_plan *p) {
     /* Rows in key order: PostgreSQL locks them in the order the MERGE meets them, so two
      * transactions writing common keys (two connections, or two workers) wait for each
      * other instead of deadlocking (and losing deadlock_timeout, 1 s, before a retry). */
-    qsort(p->rows, (size_t)p->n_rows, sizeof *p->rows, row_cmp);
+    if (p->n_rows > 1) qsort(p->rows, (size_t)p->n_rows, sizeof *p->rows, row_cmp);
     return 0;
 }
 
