@@ -122,27 +122,6 @@ static size_t skip_value(const doc *d, size_t i) {
     return d->n;
 }
 
-/* Iterates a container's elements (arrays) or members (objects, with k). *it starts at the
- * opening bracket; each call sets *v to the next value (and *k to the opening quote of its
- * key) and returns false after the last. */
-static bool next_in(const doc *d, size_t *it, size_t *k, size_t *v) {
-    size_t i = *it;
-    if (i >= d->n || d->s[i] == '}' || d->s[i] == ']') return false;
-    i = skip_ws(d, i + 1); /* past the bracket or the comma */
-    if (i >= d->n || d->s[i] == '}' || d->s[i] == ']') {
-        *it = i;
-        return false;
-    }
-    if (k) {
-        *k = i;
-        i = skip_ws(d, skip_string(d, i));
-        i = skip_ws(d, i + 1); /* past the colon */
-    }
-    *v = i;
-    *it = skip_ws(d, skip_value(d, i)); /* at ',' or the closing bracket */
-    return true;
-}
-
 static unsigned hex4(const char *p) {
     unsigned v = 0;
     for (int k = 0; k < 4; k++) {
@@ -216,25 +195,51 @@ static size_t decode_string(const doc *d, size_t i, char *out) {
     return o;
 }
 
-/* True when the key whose opening quote is at k decodes to name. */
-static bool key_is(const doc *d, size_t k, const char *name, size_t name_len) {
-    size_t end = skip_string(d, k) - 1; /* the closing quote */
-    size_t raw = end - (k + 1);
-    if (!memchr(d->s + k + 1, '\\', raw))
-        return raw == name_len && memcmp(d->s + k + 1, name, name_len) == 0;
-    if (raw > 6 * 64) return false; /* decodes to more than 64 bytes: no name is that long */
-    char buf[6 * 64 + 1];
-    size_t n = decode_string(d, k, buf);
-    return n == name_len && memcmp(buf, name, name_len) == 0;
+/* The longest member name looked for is 22 bytes; a key that decodes to more matches none. */
+#define KEY_MAX 64
+
+/* A member's name, decoded: the text itself when it has no escape, else a copy in buf;
+ * name.p NULL when its escaped form could not fit KEY_MAX bytes (it matches no name). */
+typedef struct key {
+    mw_str name;
+    char buf[6 * KEY_MAX + 1];
+} key;
+
+static bool key_is(const key *k, const char *name, size_t name_len) {
+    return k->name.p && k->name.n == name_len && memcmp(k->name.p, name, name_len) == 0;
+}
+
+/* Iterates a container's elements (arrays) or members (objects, with k). *it starts at the
+ * opening bracket; each call sets *v to the next value (and k to its member's name) and
+ * returns false after the last. */
+static bool next_in(const doc *d, size_t *it, key *k, size_t *v) {
+    size_t i = *it;
+    if (i >= d->n || d->s[i] == '}' || d->s[i] == ']') return false;
+    i = skip_ws(d, i + 1); /* past the bracket or the comma */
+    if (i >= d->n || d->s[i] == '}' || d->s[i] == ']') {
+        *it = i;
+        return false;
+    }
+    if (k) {
+        size_t end = skip_string(d, i), raw = end - i - 2; /* without the quotes */
+        if (!memchr(d->s + i + 1, '\\', raw)) k->name = (mw_str){d->s + i + 1, raw};
+        else if (raw <= 6 * KEY_MAX) k->name = (mw_str){k->buf, decode_string(d, i, k->buf)};
+        else k->name = (mw_str){NULL, 0};
+        i = skip_ws(d, skip_ws(d, end) + 1); /* past the colon */
+    }
+    *v = i;
+    *it = skip_ws(d, skip_value(d, i)); /* at ',' or the closing bracket */
+    return true;
 }
 
 /* The value of the last member named name of the object at obj, or (size_t)-1. */
 #define NONE ((size_t)-1)
 
 static size_t member(const doc *d, size_t obj, const char *name) {
-    size_t it = obj, k = 0, v, found = NONE, len = strlen(name);
+    size_t it = obj, v, found = NONE, len = strlen(name);
+    key k;
     while (next_in(d, &it, &k, &v))
-        if (key_is(d, k, name, len)) found = v;
+        if (key_is(&k, name, len)) found = v;
     return found;
 }
 
@@ -342,13 +347,18 @@ static int validate_item(const doc *d, mw_item *it, size_t v, const mw_source *s
         if (!it->error) return -1;
     } else {
         /* One walk over the members: where each known field's (last) value is. */
-        size_t at[F_COUNT + 1];
-        for (int f = 0; f <= F_COUNT; f++) at[f] = NONE;
-        size_t iter = v, k = 0, fv;
+        size_t at[F_COUNT + 1], len[F_COUNT + 1];
+        const char *names[F_COUNT + 1];
+        for (int f = 0; f <= F_COUNT; f++) {
+            at[f] = NONE;
+            names[f] = f < F_COUNT ? batch_fields[f].name : "attributes";
+            len[f] = strlen(names[f]);
+        }
+        size_t iter = v, fv;
+        key k;
         while (next_in(d, &iter, &k, &fv)) {
             for (int f = 0; f <= F_COUNT; f++) {
-                const char *name = f < F_COUNT ? batch_fields[f].name : "attributes";
-                if (key_is(d, k, name, strlen(name))) {
+                if (key_is(&k, names[f], len[f])) {
                     at[f] = fv;
                     break;
                 }
