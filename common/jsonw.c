@@ -48,17 +48,13 @@ void jsonw_raw(jsonw *w, const char *s) { jsonw_rawn(w, s, strlen(s)); }
 
 static char last(const jsonw *w) { return w->len ? w->buf[w->len - 1] : '\0'; }
 
-void jsonw_key(jsonw *w, const char *key) {
-    if (last(w) != '{' && w->len) jsonw_rawn(w, ",", 1);
-    jsonw_str(w, key);
-    jsonw_rawn(w, ":", 1);
-}
-
 void jsonw_keyn(jsonw *w, const char *key, size_t n) {
     if (last(w) != '{' && w->len) jsonw_rawn(w, ",", 1);
     jsonw_strn(w, key, n);
     jsonw_rawn(w, ":", 1);
 }
+
+void jsonw_key(jsonw *w, const char *key) { jsonw_keyn(w, key, strlen(key)); }
 
 void jsonw_elem(jsonw *w) {
     if (last(w) != '[' && w->len) jsonw_rawn(w, ",", 1);

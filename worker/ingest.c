@@ -819,6 +819,14 @@ static void flush_begin(ingest *ing, lane *L) {
     if (flush_start(ing, L, &st) && flush_settle(ing, L, st)) flush_deliver(ing, L, false);
 }
 
+/* Starts the flush of every idle lane whose pending messages make a transaction. */
+static void flush_due_lanes(ingest *ing) {
+    for (int l = 0; l < ing->n_lanes; l++) {
+        lane *L = &ing->lanes[l];
+        if (!L->flushing && flush_due(ing, L)) flush_begin(ing, L);
+    }
+}
+
 /* Completes lane L's flush if PostgreSQL has answered (or, with wait, once it has). */
 static void flush_poll(ingest *ing, lane *L, bool wait) {
     while (L->flushing) {
@@ -1085,10 +1093,7 @@ int ingest_run(const mw_config *cfg, volatile sig_atomic_t *run) {
             }
             if (!done) poll(full, (nfds_t)n_full, 5);
             rd_kafka_poll(ing->producer, 0);
-            for (int l = 0; l < ing->n_lanes; l++) {
-                lane *L = &ing->lanes[l];
-                if (!L->flushing && flush_due(ing, L)) flush_begin(ing, L);
-            }
+            flush_due_lanes(ing);
             continue;
         }
         int timeout = 100;
@@ -1104,10 +1109,7 @@ int ingest_run(const mw_config *cfg, volatile sig_atomic_t *run) {
         for (int l = 0; l < ing->n_lanes; l++) flush_poll(ing, &ing->lanes[l], false);
         drain_flights(ing, false);
         if (!ing->n_pend && !any_flushing(ing)) idle_ping(ing);
-        for (int l = 0; l < ing->n_lanes; l++) {
-            lane *L = &ing->lanes[l];
-            if (!L->flushing && flush_due(ing, L)) flush_begin(ing, L);
-        }
+        flush_due_lanes(ing);
     }
     /* Finish the batch in hand and its acknowledgements (bounded by the stop deadline),
      * then leave the group. */

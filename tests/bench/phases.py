@@ -559,13 +559,6 @@ def point_label(r):
     return f"{p:,}" + ("*" if r.get("same_run_as") else "")
 
 
-def other_share(r):
-    o = r.get("other_load_cpu_s")
-    if o is None or not r.get("seconds"):
-        return "—"
-    return f"{100 * o / (r['seconds'] * (os.cpu_count() or 1)):.0f}%"
-
-
 def curve_rows(points):
     out = []
     for r in points:
@@ -578,7 +571,7 @@ def curve_rows(points):
                     fmt_opt(r["cpu_s_per_m"], 2),
                     fmt_opt(r["pg_cpu_s_per_m"], 2), fmt_opt(both, 2),
                     fmt_opt(r["peak_rss_mb"], 1), fmt_opt(r.get("items_per_txn_mean")),
-                    other_share(r)])
+                    bench.other_load(r)])
     return out
 
 
