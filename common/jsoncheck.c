@@ -23,9 +23,9 @@ static bool hex(unsigned char x) {
     return (x >= '0' && x <= '9') || (x >= 'a' && x <= 'f') || (x >= 'A' && x <= 'F');
 }
 
-/* is_key: json-c cuts object keys at U+0000 ("items\u0000x" would read as "items"), so
- * such a key is refused rather than silently taken for another. */
-static bool string(jc *c, bool is_key) {
+/* A key may hold U+0000 like any string: the decoder compares a key's whole decoded bytes,
+ * so "items\u0000x" is an unknown member, never "items". */
+static bool string(jc *c) {
     c->i++; /* opening quote */
     while (c->i < c->n) {
         unsigned char x = c->s[c->i];
@@ -37,9 +37,6 @@ static bool string(jc *c, bool is_key) {
             if (x == 'u') {
                 for (int k = 1; k <= 4; k++)
                     if (c->i + k >= c->n || !hex(c->s[c->i + k])) return fail(c, "bad \\u escape");
-                if (is_key && c->s[c->i + 1] == '0' && c->s[c->i + 2] == '0' &&
-                    c->s[c->i + 3] == '0' && c->s[c->i + 4] == '0')
-                    return fail(c, "U+0000 in an object key");
                 c->i += 5;
                 continue;
             }
@@ -95,7 +92,7 @@ static bool container(jc *c, unsigned char close) {
     for (;;) {
         if (close == '}') {
             if (c->i >= c->n || c->s[c->i] != '"') return fail(c, "expected a string key");
-            if (!string(c, true)) return false;
+            if (!string(c)) return false;
             ws(c);
             if (c->i >= c->n || c->s[c->i] != ':') return fail(c, "expected ':'");
             c->i++;
@@ -123,7 +120,7 @@ static bool value(jc *c) {
     switch (c->s[c->i]) {
     case '{': return container(c, '}');
     case '[': return container(c, ']');
-    case '"': return string(c, false);
+    case '"': return string(c);
     case 't': return literal(c, "true");
     case 'f': return literal(c, "false");
     case 'n': return literal(c, "null");

@@ -166,12 +166,34 @@ static void compare_item(json_object *v, const mw_item *it, int i) {
     json_object_put(patch);
 }
 
+/* True when some object key of the (strictly valid) document escapes U+0000: json-c cuts
+ * such a key short ("items\u0000x" reads as "items"), so it cannot be the reference there.
+ * A string is a key when a colon follows it. */
+static bool key_has_nul(const uint8_t *s, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] != '"') continue;
+        bool nul = false;
+        for (i++; i < n && s[i] != '"'; i++) {
+            if (s[i] != '\\') continue;
+            if (i + 5 < n && s[i + 1] == 'u' && s[i + 2] == '0' && s[i + 3] == '0' &&
+                s[i + 4] == '0' && s[i + 5] == '0')
+                nul = true;
+            i++;
+        }
+        size_t j = i + 1;
+        while (j < n && (s[j] == ' ' || s[j] == '\t' || s[j] == '\n' || s[j] == '\r')) j++;
+        if (nul && j < n && s[j] == ':') return true;
+    }
+    return false;
+}
+
 void ref_compare(json_tokener *tok, const uint8_t *data, size_t size, const mw_source *src,
                  int max_items, const mw_batch *b) {
     (void)src;
     /* Before any tree: checks both decoders share (emptiness, UTF-8, strict syntax). */
     if (size == 0 || size > INT32_MAX || !utf8_valid((const char *)data, size, NULL) ||
-        !jsoncheck_valid((const char *)data, size, MW_JSON_MAX_DEPTH, NULL, NULL))
+        !jsoncheck_valid((const char *)data, size, MW_JSON_MAX_DEPTH, NULL, NULL) ||
+        key_has_nul(data, size))
         return;
     json_tokener_reset(tok);
     json_object *root = json_tokener_parse_ex(tok, (const char *)data, (int)size);
