@@ -6,6 +6,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -32,6 +33,70 @@ void log_set_level(enum log_level lvl) { min_level = lvl; }
 
 bool log_enabled(enum log_level lvl) { return lvl >= min_level; }
 
+/* Registered before any thread exists, read-only afterwards (like min_level). */
+static char *secrets[LOG_MAX_SECRETS];
+static size_t n_secrets;
+
+void log_add_secret(const char *secret) {
+    if (!secret || strlen(secret) < LOG_SECRET_MIN || n_secrets == LOG_MAX_SECRETS) return;
+    for (size_t i = 0; i < n_secrets; i++)
+        if (strcmp(secrets[i], secret) == 0) return;
+    char *dup = strdup(secret);
+    if (dup) secrets[n_secrets++] = dup;
+}
+
+/* The first occurrence of a registered secret in s (and its length), or NULL. */
+static const char *find_secret(const char *s, size_t *len) {
+    const char *best = NULL;
+    for (size_t i = 0; i < n_secrets; i++) {
+        const char *p = strstr(s, secrets[i]);
+        if (p && (!best || p < best || (p == best && strlen(secrets[i]) > *len))) {
+            best = p;
+            *len = strlen(secrets[i]);
+        }
+    }
+    return best;
+}
+
+/* Writes s as a JSON string with every registered secret replaced. */
+static void put_scrubbed(jsonw *w, const char *s) {
+    size_t len = 0;
+    const char *p = n_secrets ? find_secret(s, &len) : NULL;
+    if (!p) {
+        jsonw_str(w, s);
+        return;
+    }
+    jsonw tmp;
+    jsonw_init(&tmp);
+    while (p) {
+        jsonw_rawn(&tmp, s, (size_t)(p - s));
+        jsonw_raw(&tmp, "[redacted]");
+        s = p + len;
+        len = 0;
+        p = find_secret(s, &len);
+    }
+    jsonw_raw(&tmp, s);
+    if (tmp.oom) jsonw_str(w, "[redacted: out of memory]");
+    else jsonw_strn(w, tmp.buf, tmp.len);
+    jsonw_free(&tmp);
+}
+
+void log_scrub(const char *s, char *out, size_t out_size) {
+    size_t o = 0, len = 0;
+    const char *p;
+    while (o + 1 < out_size && *s) {
+        if (n_secrets && (p = find_secret(s, &len)) == s) {
+            const char *r = "[redacted]";
+            while (*r && o + 1 < out_size) out[o++] = *r++;
+            s += len;
+            len = 0;
+            continue;
+        }
+        out[o++] = *s++;
+    }
+    out[o] = '\0';
+}
+
 void log_write(enum log_level lvl, const char *msg, ...) {
     if (!log_enabled(lvl)) return;
 
@@ -48,7 +113,7 @@ void log_write(enum log_level lvl, const char *msg, ...) {
     jsonw_raw(&w, "{");
     jsonw_key(&w, "time"); jsonw_str(&w, tbuf);
     jsonw_key(&w, "level"); jsonw_str(&w, log_level_name(lvl));
-    jsonw_key(&w, "msg"); jsonw_str(&w, msg ? msg : "");
+    jsonw_key(&w, "msg"); put_scrubbed(&w, msg ? msg : "");
 
     va_list ap;
     va_start(ap, msg);
@@ -59,7 +124,7 @@ void log_write(enum log_level lvl, const char *msg, ...) {
         jsonw_key(&w, key);
         if (type == 's') {
             const char *v = va_arg(ap, const char *);
-            if (v) jsonw_str(&w, v); else jsonw_raw(&w, "null");
+            if (v) put_scrubbed(&w, v); else jsonw_raw(&w, "null");
         } else if (type == 'i') {
             jsonw_int(&w, va_arg(ap, long long));
         } else {

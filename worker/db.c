@@ -2,7 +2,9 @@
 #include "db.h"
 
 #include <libpq-fe.h>
+#include <poll.h>
 #include <stdbool.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +52,151 @@ static void copy_msg(char *errstr, size_t errstr_size, const char *prefix, const
     while (n && (errstr[n - 1] == '\n' || errstr[n - 1] == ' ')) errstr[--n] = '\0';
 }
 
+/* libpq's conninfo parse errors quote the offending token, which may be (part of) the
+ * password: every quoted token is replaced, but for libpq's own one-character tokens. */
+static void scrub_quoted(const char *msg, char *out, size_t out_size) {
+    size_t o = 0;
+    for (const char *p = msg; *p && o + 4 < out_size;) {
+        if (*p != '"') {
+            out[o++] = *p++;
+            continue;
+        }
+        const char *end = strchr(p + 1, '"');
+        if (!end) break;
+        bool keep = end - p == 2 && strchr("=]", p[1]);
+        const char *tok = keep ? "\"\0" : "\"…\"";
+        if (keep) {
+            out[o++] = '"';
+            out[o++] = p[1];
+            out[o++] = '"';
+        } else {
+            for (; *tok && o + 1 < out_size; tok++) out[o++] = *tok;
+        }
+        p = end + 1;
+    }
+    while (o && (out[o - 1] == '\n' || out[o - 1] == ' ')) o--;
+    out[o] = '\0';
+}
+
+/* Registers the password a URI carries, as written (percent-encoded): libpq reports the
+ * decoded one, but a message could quote the text. */
+static void add_uri_password(const char *url) {
+    const char *p = strstr(url, "://");
+    if (!p) return;
+    p += 3;
+    const char *at = p + strcspn(p, "@/?");
+    if (*at != '@') return;
+    const char *colon = memchr(p, ':', (size_t)(at - p));
+    if (!colon || at - colon - 1 < 1) return;
+    char buf[1024];
+    size_t n = (size_t)(at - colon - 1);
+    if (n >= sizeof buf) n = sizeof buf - 1;
+    memcpy(buf, colon + 1, n);
+    buf[n] = '\0';
+    log_add_secret(buf);
+}
+
+int db_conninfo_check(const char *url, char *errstr, size_t errstr_size) {
+    log_add_secret(getenv("PGPASSWORD"));
+    if (!url) return 0;
+    add_uri_password(url);
+    char *err = NULL;
+    PQconninfoOption *opts = PQconninfoParse(url, &err);
+    if (!opts) {
+        char clean[512];
+        scrub_quoted(err ? err : "out of memory", clean, sizeof clean);
+        snprintf(errstr, errstr_size, "DATABASE_URL is not a valid libpq connection string or URI: %s",
+                 clean);
+        PQfreemem(err);
+        return -1;
+    }
+    for (PQconninfoOption *o = opts; o->keyword; o++)
+        if (o->val && strcmp(o->keyword, "password") == 0) log_add_secret(o->val);
+    PQconninfoFree(opts);
+    return 0;
+}
+
+/* The SQLSTATE in a message written with PQERRORS_VERBOSE ("FATAL:  28P01:  …"), copied
+ * into state[6]; false when there is none (the server was not reached, or the client gave
+ * up on its own). */
+static bool message_sqlstate(const char *msg, char state[6]) {
+    for (const char *p = msg; (p = strstr(p, ":  ")) != NULL; p++) {
+        const char *c = p + 3;
+        bool ok = strlen(c) > 6 && c[5] == ':';
+        for (int i = 0; ok && i < 5; i++)
+            ok = (c[i] >= '0' && c[i] <= '9') || (c[i] >= 'A' && c[i] <= 'Z');
+        if (ok) {
+            memcpy(state, c, 5);
+            state[5] = '\0';
+            return true;
+        }
+    }
+    return false;
+}
+
+/* A connection failure's message for the log: libpq's text without the LOCATION lines of
+ * the verbose form and with the SQLSTATE (if any) moved to the end. */
+static void connect_message(char *errstr, size_t errstr_size, const char *msg, const char *state,
+                            bool fatal) {
+    char buf[1024], line[512], prev[512] = "";
+    size_t o = 0;
+    for (const char *p = msg; *p;) {
+        size_t len = strcspn(p, "\n"), l = 0;
+        const char *next = p[len] ? p + len + 1 : p + len;
+        if (strncmp(p, "LOCATION:", 9) == 0 || len == 0) {
+            p = next;
+            continue;
+        }
+        /* The line, with its "28P01:  " after the severity dropped and tabs as spaces. */
+        const char *s = state ? strstr(p, state) : NULL;
+        if (s && (s >= p + len || s[5] != ':')) s = NULL;
+        for (const char *q = p; q < p + len && l + 1 < sizeof line; q++) {
+            if (q == s) {
+                q += 5;
+                while (q + 1 < p + len && q[1] == ' ') q++;
+                continue;
+            }
+            line[l++] = *q == '\t' ? ' ' : *q;
+        }
+        line[l] = '\0';
+        p = next;
+        if (strcmp(line, prev) == 0) continue; /* libpq's second try (sslmode=prefer) */
+        snprintf(prev, sizeof prev, "%s", line);
+        o += (size_t)snprintf(buf + o, sizeof buf - o, "%s%s", o ? " " : "", line);
+        if (o >= sizeof buf) {
+            o = sizeof buf - 1;
+            break;
+        }
+    }
+    buf[o] = '\0';
+    snprintf(errstr, errstr_size, "%s%s%s%s%s",
+             fatal ? "PostgreSQL refused the connection (check DATABASE_URL): "
+                   : "cannot connect to PostgreSQL: ",
+             buf, state ? " (SQLSTATE " : "", state ? state : "", state ? ")" : "");
+}
+
+/* The connect_timeout in effect (libpq's option, our default 10 s). */
+static int connect_timeout_s(PGconn *c) {
+    int t = 10;
+    PQconninfoOption *opts = PQconninfo(c);
+    for (PQconninfoOption *o = opts; o && o->keyword; o++)
+        if (strcmp(o->keyword, "connect_timeout") == 0 && o->val && atoi(o->val) > 0)
+            t = atoi(o->val);
+    PQconninfoFree(opts);
+    return t;
+}
+
+static int64_t mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Connects without blocking past connect_timeout and tells "cannot reach" (DB_TRANSIENT:
+ * refused, timed out, PostgreSQL starting or shutting down, too many connections) from
+ * "reached and refused" (DB_FATAL: authentication, unknown role or database, no pg_hba
+ * entry, a password needed and none given). The server's error carries a SQLSTATE, which
+ * libpq prints only in its verbose error form: it is set before the first packet. */
 enum db_status db_connect(mw_db *db, char *errstr, size_t errstr_size) {
     if (db_connected(db)) return DB_OK;
     if (db->conn) {
@@ -62,20 +209,41 @@ enum db_status db_connect(mw_db *db, char *errstr, size_t errstr_size) {
                           "dbname", NULL};
     const char *vals[] = {"metadata-worker", "10", "1", "10", "5", "3", db->url, NULL};
     if (!db->url) keys[6] = NULL;
-    db->conn = PQconnectdbParams(keys, vals, 1);
-    if (!db->conn) {
+    PGconn *c = PQconnectStartParams(keys, vals, 1);
+    if (!c) {
         snprintf(errstr, errstr_size, "out of memory");
         return DB_TRANSIENT;
     }
-    if (PQstatus(db->conn) != CONNECTION_OK) {
-        /* libpq's connection errors never include the password. */
-        copy_msg(errstr, errstr_size, "cannot connect to PostgreSQL: ", PQerrorMessage(db->conn));
-        PQfinish(db->conn);
-        db->conn = NULL;
-        return DB_TRANSIENT;
+    PQsetErrorVerbosity(c, PQERRORS_VERBOSE);
+    int64_t deadline = mono_ms() + 1000LL * connect_timeout_s(c);
+    PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
+    bool timed_out = false;
+    while (PQstatus(c) != CONNECTION_BAD && ps != PGRES_POLLING_OK && ps != PGRES_POLLING_FAILED) {
+        int64_t left = deadline - mono_ms();
+        if (left <= 0) {
+            timed_out = true;
+            break;
+        }
+        struct pollfd pfd = {PQsocket(c), ps == PGRES_POLLING_READING ? POLLIN : POLLOUT, 0};
+        if (pfd.fd >= 0 && poll(&pfd, 1, (int)(left > 1000 ? 1000 : left)) == 0) continue;
+        ps = PQconnectPoll(c);
     }
-    PQsetNoticeReceiver(db->conn, notice_cb, NULL);
-    return DB_OK;
+    if (!timed_out && PQstatus(c) == CONNECTION_OK) {
+        db->conn = c;
+        PQsetErrorVerbosity(c, PQERRORS_DEFAULT);
+        PQsetNoticeReceiver(db->conn, notice_cb, NULL);
+        return DB_OK;
+    }
+    enum db_status st = DB_TRANSIENT;
+    char state[6];
+    const char *msg = timed_out ? "timeout expired" : PQerrorMessage(c);
+    bool has_state = !timed_out && message_sqlstate(msg, state);
+    if (has_state && sqlstate_class(state) != ERR_TRANSIENT) st = DB_FATAL;
+    /* The server asked for a password and none was given: no retry will find one. */
+    if (!timed_out && !has_state && PQconnectionNeedsPassword(c)) st = DB_FATAL;
+    connect_message(errstr, errstr_size, msg, has_state ? state : NULL, st == DB_FATAL);
+    PQfinish(c);
+    return st;
 }
 
 /* Classifies a failed result (or NULL result) and fills errstr. */
@@ -189,7 +357,7 @@ enum db_status db_check_schema(mw_db *db, char *errstr, size_t errstr_size) {
     enum db_status st = exec(db,
                              "SELECT COALESCE(max(version), 0) FROM metadata_worker_schema",
                              0, NULL, PGRES_TUPLES_OK, &res, errstr, errstr_size);
-    if (st == DB_FATAL) {
+    if (st == DB_FATAL && strncmp(errstr, "42P01", 5) == 0) { /* undefined_table */
         snprintf(errstr, errstr_size,
                  "the database has no metadata-worker schema: run `metadata-worker migrate` first");
         return DB_FATAL;

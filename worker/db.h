@@ -38,7 +38,13 @@ typedef void (*db_reject_cb)(void *opaque, int32_t part, int64_t off, int idx, c
 mw_db *db_new(const mw_config *cfg);
 void db_destroy(mw_db *db);
 
-/* Connects if not connected. */
+/* Checks that url (NULL: libpq's PG* variables) parses as a libpq conninfo or URI and
+ * registers its password (and PGPASSWORD) with the logger as secrets. Returns 0, or -1 with
+ * errstr saying what is wrong without quoting any of url (a token may be the password). */
+int db_conninfo_check(const char *url, char *errstr, size_t errstr_size);
+
+/* Connects if not connected. DB_FATAL when PostgreSQL was reached and refused us
+ * (authentication, unknown database or role): retrying cannot help. */
 enum db_status db_connect(mw_db *db, char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));
 int db_connected(const mw_db *db);

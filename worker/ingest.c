@@ -963,7 +963,8 @@ static bool wait_for_database(ingest *ing) {
         atomic_store(&ing->m->db_up, st == DB_OK);
         if (st == DB_OK) return true;
         if (st == DB_FATAL) {
-            log_write(LOG_ERROR, ing->errstr, LF_END);
+            log_write(LOG_ERROR, "cannot start: PostgreSQL refused the worker",
+                      LF_S("error", ing->errstr), LF_END);
             return false;
         }
         log_write(LOG_WARN, "waiting for PostgreSQL", LF_S("error", ing->errstr), LF_END);

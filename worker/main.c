@@ -177,6 +177,20 @@ int main(int argc, char **argv) {
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* Secrets no log line may show: -X values that are credentials or keys, the password
+     * of DATABASE_URL (or PGPASSWORD). A DATABASE_URL that does not parse is a
+     * configuration error: stop now, without quoting it. */
+    for (int i = 0; i < cfg.n_props; i++)
+        if (strstr(cfg.prop_names[i], "password") || strstr(cfg.prop_names[i], "secret") ||
+            strstr(cfg.prop_names[i], ".pem") || strstr(cfg.prop_names[i], "oauthbearer.config") ||
+            strstr(cfg.prop_names[i], "jaas"))
+            log_add_secret(cfg.prop_values[i]);
+    if (strcmp(cmd, "validate") != 0 && db_conninfo_check(cfg.database_url, err, sizeof err)) {
+        log_write(LOG_ERROR, err, LF_END);
+        config_free(&cfg);
+        return 1;
+    }
+
     int rc;
     if (strcmp(cmd, "validate") == 0) {
         rc = cmd_validate(&cfg);

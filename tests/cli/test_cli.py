@@ -109,6 +109,60 @@ class TestSettings(unittest.TestCase):
         self.assertIn(b"cannot connect", out)
         self.assertNotIn(SECRET.encode(), out)
 
+    def test_malformed_database_url_stops_without_quoting_it(self):
+        # libpq's parse errors quote the offending token (issue 9, item 2): whatever the
+        # malformation and wherever the secret sits, nothing of it may be printed, at any
+        # log level; a DATABASE_URL that does not parse is a configuration error (exit 1).
+        s = SECRET
+        urls = [
+            f"postgresql://postgres:{s}%zz@127.0.0.1:5432/postgres",     # bad percent-encoding
+            f"postgresql://postgres:%zz{s}@127.0.0.1:5432/postgres",
+            f"postgresql://postgres:{s[:4]}%zz{s[4:]}@127.0.0.1/postgres",
+            f"postgresql://u:{s}@[::1",                                    # unclosed IPv6 bracket
+            f"postgresql://u:{s}@[::1/db",
+            f"postgresql://u:{s}@h/db?bogus={s}",                          # unknown parameter
+            f"postgresql://u:{s}@h/db?{s}=1",
+            f"postgresql://u:{s}@h/db?sslmode",                            # parameter without =
+            f"postgresql://u@h/db?password={s}&bogus=1",
+            f"postgresql://u@h/db?password={s}%zz",
+            f"host=127.0.0.1 password={s[:6]} {s[6:]}",                    # space in a value
+            f"host=127.0.0.1 password={s} {s}",
+            f"password={s} host=127.0.0.1 dbname",                         # key without =
+            f"password={s} {s}=x",
+            f"{s} password={s}",
+            f"host='127.0.0.1 password={s}",                               # unterminated quote
+            f"password='{s}",
+            f"password={s} bogus_option={s}",                              # unknown option
+            f"{s}=1 password={s}",
+        ]
+        for url in urls:
+            for cmd in ("migrate", "run"):
+                for level in ("debug", "error"):
+                    r = run([cmd], env={"DATABASE_URL": url, "LOG_LEVEL": level})
+                    out = r.stdout + r.stderr
+                    self.assertEqual(r.returncode, 1, (url, cmd, out))
+                    self.assertIn(b"DATABASE_URL is not a valid", out, url)
+                    for part in (s, s[:6], s[6:], s[4:]):
+                        self.assertNotIn(part.encode(), out, (url, cmd, level, out))
+
+    def test_secrets_scrubbed_from_every_line(self):
+        # A password that parses is a secret the logger knows: it is scrubbed from whatever
+        # line would carry it (here PGPASSWORD and a URI password while PostgreSQL is
+        # unreachable, at debug level).
+        for env in ({"DATABASE_URL": f"postgresql://u:{SECRET}@127.0.0.1:1/{SECRET}"},
+                    {"DATABASE_URL": f"host=127.0.0.1 port=1 user={SECRET} password={SECRET}"},
+                    {"PGPASSWORD": SECRET, "PGHOST": "127.0.0.1", "PGPORT": "1",
+                     "PGDATABASE": SECRET}):
+            env = dict(env, LOG_LEVEL="debug")
+            try:
+                p = subprocess.run([BIN, "migrate"], capture_output=True, timeout=3,
+                                   env=env)
+                out = p.stdout + p.stderr
+            except subprocess.TimeoutExpired as e:
+                out = (e.stdout or b"") + (e.stderr or b"")
+            self.assertIn(b"cannot connect", out, env)
+            self.assertNotIn(SECRET.encode(), out, env)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -58,6 +58,9 @@ start)
   fi
   pgport=$(free_port); kport=$(free_port); cport=$(free_port)
   as_pg "$pgbin/initdb" -D "$dir/pg/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+  # Members of the role mw_password_auth (made by the tests that need it) must give a
+  # password: wrong-password and missing-password tests; everyone else is trusted.
+  sed -i '1i host all +mw_password_auth 127.0.0.1/32 scram-sha-256' "$dir/pg/data/pg_hba.conf"
   # A self-signed certificate, so that tests can check sslmode=require works by configuration.
   openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
       -keyout "$dir/pg/data/server.key" -out "$dir/pg/data/server.crt" >/dev/null 2>&1

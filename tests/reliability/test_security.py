@@ -80,5 +80,75 @@ class TestResources(E2ECase):
         reader.close()
 
 
+class TestDatabaseRefusal(E2ECase):
+    """Issue 9, items 2 and 3: PostgreSQL reached and refusing (wrong password, no password,
+    missing database or role) is a configuration error: `run` and `migrate` stop with exit 1
+    and one clear line within 10 s, never showing the secret; PostgreSQL not reachable at
+    start is still waited for. The stack's pg_hba asks members of mw_password_auth for a
+    password (tests/harness/stack.sh)."""
+
+    ROLE = "mw_pw_user"
+    RIGHT = "Right-pw-4711"
+    WRONG = "Wr0ng-Secret-0815"
+
+    def setUp(self):
+        super().setUp()
+        self.query("DO $$ BEGIN CREATE ROLE mw_password_auth NOLOGIN;"
+                   " EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        self.query(f"DO $$ BEGIN CREATE ROLE {self.ROLE} LOGIN SUPERUSER IN ROLE mw_password_auth;"
+                   " EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        self.query(f"ALTER ROLE {self.ROLE} PASSWORD '{self.RIGHT}'")
+
+    def url(self, password=None, db=None, user=None):
+        auth = (user or self.ROLE) + (f":{password}" if password else "")
+        return "postgresql://%s@%s:%s/%s" % (auth, os.environ.get("PGHOST", "127.0.0.1"),
+                                             os.environ.get("PGPORT", "5432"), db or self.dbname)
+
+    def refused(self, cmd, url, want):
+        w = self.start_worker(extra_env={"DATABASE_URL": url, "LOG_LEVEL": "debug"},
+                              args=(cmd,), name=cmd)
+        t0 = time.monotonic()
+        rc = w.proc.wait(timeout=30)
+        secs = time.monotonic() - t0
+        errors = [l for l in w.lines() if '"level":"error"' in l]
+        log = "\n".join(w.lines())
+        self.assertEqual(rc, 1, log)
+        self.assertLess(secs, 10, log)
+        self.assertEqual(len(errors), 1, log)
+        self.assertIn(want, errors[0])
+        self.assertNotIn(self.WRONG, log)
+        self.assertNotIn(self.RIGHT, log)
+        self.assertNotIn("retrying", log)
+        return secs
+
+    def test_refused_connections_stop_run_and_migrate(self):
+        cases = [("wrong password", self.url(self.WRONG), "password authentication failed"),
+                 ("no password", self.url(), "no password supplied"),
+                 ("missing database", self.url(self.RIGHT, db="no_such_db"), "3D000"),
+                 ("missing role", self.url(self.WRONG, user="no_such_role"), "28000")]
+        for what, url, want in cases:
+            for cmd in ("run", "migrate"):
+                secs = self.refused(cmd, url, want)
+                print(f"\n  {what}: `{cmd}` exit 1 after {secs:.1f} s", end="")
+        # The right password works (the refusals above were about the credentials).
+        w = self.start_worker(extra_env={"DATABASE_URL": self.url(self.RIGHT)})
+        self.produce({"items": [{"externalCustomerId": "pw", "externalConversationId": "1"}]})
+        self.wait_results(1, w)
+        self.stop_worker(w)
+
+    def test_unreachable_database_is_waited_for(self):
+        # Nothing listens on port 1: "cannot reach" is retried (containers start PostgreSQL
+        # after the worker), and SIGTERM still stops the wait at once.
+        url = "postgresql://postgres:%s@127.0.0.1:1/x" % self.WRONG
+        w = self.start_worker(extra_env={"DATABASE_URL": url, "LOG_LEVEL": "debug"})
+        time.sleep(4)
+        self.assertIsNone(w.proc.poll(), w.dump())
+        waits = [l for l in w.lines() if "waiting for PostgreSQL" in l]
+        self.assertGreaterEqual(len(waits), 2, w.dump())
+        rc, secs = self.stop_worker(w)
+        self.assertLess(secs, 5)
+        self.assertNotIn(self.WRONG, "\n".join(w.lines()))
+
+
 if __name__ == "__main__":
     unittest.main()
