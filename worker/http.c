@@ -3,16 +3,107 @@
 
 #include <microhttpd.h>
 #include <netdb.h>
+#include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <time.h>
+
+#include "../common/log.h"
+
+/*
+ * Limits (issue 9): the endpoint serves probes and scrapes, a handful of short requests at a
+ * time, and must stay reachable while someone floods it.
+ *
+ * HTTP_MAX_CONNECTIONS: kubelet probes (liveness, readiness: one connection each per period)
+ * plus one or two Prometheus scrapers plus a human with curl need well under 10 at once; 64
+ * leaves room for all that many times over, yet is only 64 fds and at most 64 x 32 KiB of
+ * connection memory. It is far below the usual soft RLIMIT_NOFILE (1024 in many containers),
+ * so a flood can never take the fds librdkafka (sockets per broker, wake-up pipes) and libpq
+ * need; http_start also caps it at a quarter of the actual soft limit (HTTP_FD_SHARE).
+ *
+ * HTTP_MAX_PER_IP: one source address (one attacker, one misbehaving client) can hold at most
+ * 8 of the 64 slots, so filling the endpoint takes at least 8 distinct addresses; 8 is still
+ * above what the kubelet (which probes from the node's address) ever opens at once.
+ *
+ * HTTP_IDLE_TIMEOUT_S: probes and scrapers send their whole request at once, so a connection
+ * that sends nothing for 3 s is dead or hostile; closing it frees its slot well within a
+ * probe period (10 s by default). A keep-alive scraper just reconnects.
+ * libmicrohttpd (0.9.75) has only this idle timeout, no limit on the total time to receive a
+ * request: a client that sends one byte every < 3 s holds its slot indefinitely. The per-IP
+ * limit bounds that to 8 slots per address; many addresses together can still fill the 64.
+ *
+ * HTTP_MEMORY_PER_CONN: libmicrohttpd's per-connection pool (its default, made explicit):
+ * the request line and headers must fit in it, so a connection's memory is bounded; probe
+ * and scrape requests are a few hundred bytes.
+ *
+ * HTTP_LOG_BURST per HTTP_LOG_WINDOW_S: libmicrohttpd logs one line per refused connection;
+ * a flood must not turn into a log flood. Beyond the burst, lines are counted and the count
+ * is logged once the window has passed.
+ */
+#define HTTP_MAX_CONNECTIONS 64u
+#define HTTP_MAX_PER_IP 8u
+#define HTTP_IDLE_TIMEOUT_S 3u
+#define HTTP_FD_SHARE 4u
+#define HTTP_MEMORY_PER_CONN ((size_t)32 * 1024)
+#define HTTP_LOG_BURST 20u
+#define HTTP_LOG_WINDOW_S 10
 
 struct mw_http {
     struct MHD_Daemon *d;
     mw_metrics *m;
     const char *version;
+    pthread_mutex_t log_mu; /* libmicrohttpd logs from its own thread and from the caller's */
+    time_t log_window;      /* start of the current HTTP_LOG_WINDOW_S window */
+    unsigned log_count;     /* lines written in that window */
+    unsigned long log_dropped;
 };
+
+static void log_dropped(mw_http *h) {
+    if (h->log_dropped)
+        log_write(LOG_WARN, "libmicrohttpd messages suppressed", LF_S("source", "libmicrohttpd"),
+                  LF_I("count", h->log_dropped), LF_I("window_s", HTTP_LOG_WINDOW_S), LF_END);
+    h->log_dropped = 0;
+}
+
+/* MHD_OPTION_EXTERNAL_LOGGER: libmicrohttpd's messages as JSON lines, never raw stderr. */
+static void mhd_log(void *cls, const char *fmt, va_list ap) {
+    mw_http *h = cls;
+    char buf[512];
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    if (n < 0) snprintf(buf, sizeof buf, "(unformattable message)");
+    size_t len = strlen(buf);
+    while (len && (buf[len - 1] == '\n' || buf[len - 1] == '\r' || buf[len - 1] == ' '))
+        buf[--len] = '\0';
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    pthread_mutex_lock(&h->log_mu);
+    if (ts.tv_sec - h->log_window >= HTTP_LOG_WINDOW_S) {
+        log_dropped(h);
+        h->log_window = ts.tv_sec;
+        h->log_count = 0;
+    }
+    if (h->log_count < HTTP_LOG_BURST) {
+        h->log_count++;
+        log_write(LOG_WARN, buf, LF_S("source", "libmicrohttpd"), LF_END);
+    } else {
+        h->log_dropped++;
+    }
+    pthread_mutex_unlock(&h->log_mu);
+}
+
+/* HTTP_MAX_CONNECTIONS, but never more than 1/HTTP_FD_SHARE of the soft fd limit. */
+static unsigned connection_limit(void) {
+    unsigned lim = HTTP_MAX_CONNECTIONS;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+        rl.rlim_cur / HTTP_FD_SHARE < lim)
+        lim = rl.rlim_cur / HTTP_FD_SHARE ? (unsigned)(rl.rlim_cur / HTTP_FD_SHARE) : 1u;
+    return lim;
+}
 
 static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const char *type,
                              char *body, size_t len, int owned) {
@@ -89,21 +180,52 @@ mw_http *http_start(const char *addr, mw_metrics *m, const char *version, char *
     }
     h->m = m;
     h->version = version;
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+    pthread_mutex_init(&h->log_mu, NULL);
+    h->log_window = -HTTP_LOG_WINDOW_S;
+
+    /* epoll (else poll): no FD_SETSIZE ceiling on descriptor numbers, unlike select. */
+    const char *poller = "epoll";
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
+    if (MHD_is_feature_supported(MHD_FEATURE_EPOLL) != MHD_YES) {
+        poller = "poll";
+        flags = MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
+        if (MHD_is_feature_supported(MHD_FEATURE_POLL) != MHD_YES) {
+            poller = "select";
+            flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+        }
+    }
     if (res->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
-    h->d = MHD_start_daemon(flags, 0, NULL, NULL, handler, h, MHD_OPTION_SOCK_ADDR, res->ai_addr,
-                            MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_END);
+    unsigned max_conn = connection_limit();
+    unsigned per_ip = HTTP_MAX_PER_IP;
+    if (per_ip > max_conn / 2) per_ip = max_conn / 2 ? max_conn / 2 : 1u;
+    /* The logger goes first so that even start-up messages are JSON. */
+    h->d = MHD_start_daemon(flags, 0, NULL, NULL, handler, h,
+                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
+                            MHD_OPTION_SOCK_ADDR, res->ai_addr,
+                            MHD_OPTION_CONNECTION_LIMIT, max_conn,
+                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip,
+                            MHD_OPTION_CONNECTION_TIMEOUT, HTTP_IDLE_TIMEOUT_S,
+                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, HTTP_MEMORY_PER_CONN,
+                            MHD_OPTION_END);
     freeaddrinfo(res);
     if (!h->d) {
         snprintf(errstr, errstr_size, "METRICS_ADDR: cannot listen on %s", addr);
+        pthread_mutex_destroy(&h->log_mu);
         free(h);
         return NULL;
     }
+    log_write(LOG_INFO, "http limits", LF_S("poller", poller), LF_I("max_connections", max_conn),
+              LF_I("max_connections_per_ip", per_ip), LF_I("idle_timeout_s", HTTP_IDLE_TIMEOUT_S),
+              LF_END);
     return h;
 }
 
 void http_stop(mw_http *h) {
     if (!h) return;
     MHD_stop_daemon(h->d);
+    pthread_mutex_lock(&h->log_mu);
+    log_dropped(h);
+    pthread_mutex_unlock(&h->log_mu);
+    pthread_mutex_destroy(&h->log_mu);
     free(h);
 }

@@ -2,6 +2,8 @@
  * http: the worker's HTTP endpoint on METRICS_ADDR (libmicrohttpd, its own thread):
  * /metrics (Prometheus text), /healthz (the main loop turns), /readyz (connected to Kafka
  * and PostgreSQL). Reads only the atomics of mw_metrics.
+ * Bounded against floods (epoll; total, per-client-address and idle-time limits, see http.c);
+ * libmicrohttpd's own messages go to the JSON log with source=libmicrohttpd.
  */
 #ifndef MW_HTTP_H
 #define MW_HTTP_H
