@@ -38,7 +38,14 @@ typedef struct pend_msg {
     int n_items, invalid;
     bool bad, decoded;
     int64_t arrived_ms;
+    struct flight *fl;  /* the flight that holds it (delivery reports find it through this) */
+    int dlq_cut;        /* its dead letter was refused as too large: DLQ_CUT_* */
 } pend_msg;
+
+/* A dead letter Kafka refuses as too large goes again with its value cut to a prefix, then
+ * empty; its headers say so (dlq.value.truncated, dlq.value.bytes). */
+enum { DLQ_CUT_NONE = 0, DLQ_CUT_PREFIX, DLQ_CUT_EMPTY };
+#define DLQ_PREFIX_BYTES 65536
 
 typedef struct part_state {
     int32_t part;
@@ -329,9 +336,10 @@ static void clear_rejects(ingest *ing, lane *L) {
 
 /* Reads PostgreSQL's next offset for the flush's partitions not known yet. */
 static enum db_status load_offsets(ingest *ing, lane *L) {
-    int32_t want[256];
+    /* A flush covers at most MAX_TXN_PARTS partitions (flush_start): all fit. */
+    int32_t want[MAX_TXN_PARTS];
     int n = 0;
-    for (int i = 0; i < ing->n_pend && n < 256; i++) {
+    for (int i = 0; i < ing->n_pend && n < MAX_TXN_PARTS; i++) {
         pend_msg *m = &ing->pend[i];
         if (!in_flush_of(ing, m, L)) continue;
         part_state *ps = part_add(ing, m->rkm->partition);
@@ -342,7 +350,7 @@ static enum db_status load_offsets(ingest *ing, lane *L) {
         if (!dup) want[n++] = ps->part;
     }
     if (!n) return DB_OK;
-    int64_t next[256];
+    int64_t next[MAX_TXN_PARTS];
     enum db_status st = db_read_offsets(L->db, ing->cfg->group_id, ing->cfg->input_topic, want,
                                         n, next, NULL, L->errstr, sizeof L->errstr);
     if (st != DB_OK) return st;
@@ -515,41 +523,140 @@ static void flight_free(flight *f) {
     free(f);
 }
 
-static void produce(ingest *ing, flight *f, const char *topic, const void *key, size_t klen,
-                    const void *val, size_t vlen, rd_kafka_headers_t *hdrs) {
+/* What a failed produce means. librdkafka retries what it can by itself, so a delivery
+ * report's error is final for that message: only Kafka being unreachable (timeouts,
+ * connections, leaders, replicas) is worth producing the flight again. A message too large
+ * is cut (a dead letter) or a configuration error (a result: the topic's max.message.bytes
+ * is absurdly small); anything else — unknown topic, authorisation, a policy, an invalid
+ * record — is a configuration error: stop with a clear message (SPEC §6) rather than loop. */
+enum produce_fail { PF_RETRY, PF_TOO_LARGE, PF_CONFIG };
+
+static enum produce_fail produce_fail_class(rd_kafka_resp_err_t err) {
+    switch (err) {
+    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+        return PF_TOO_LARGE;
+    case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT:
+    case RD_KAFKA_RESP_ERR__TIMED_OUT:
+    case RD_KAFKA_RESP_ERR__TIMED_OUT_QUEUE:
+    case RD_KAFKA_RESP_ERR__TRANSPORT:
+    case RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN:
+    case RD_KAFKA_RESP_ERR__PURGE_QUEUE:
+    case RD_KAFKA_RESP_ERR__PURGE_INFLIGHT:
+    case RD_KAFKA_RESP_ERR__QUEUE_FULL:
+    case RD_KAFKA_RESP_ERR__RETRY:
+    case RD_KAFKA_RESP_ERR__NODE_UPDATE:
+    case RD_KAFKA_RESP_ERR__WAIT_COORD:
+    case RD_KAFKA_RESP_ERR__OUTDATED:
+    case RD_KAFKA_RESP_ERR__NOENT:
+    case RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT:
+    case RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE:
+    case RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION:
+    case RD_KAFKA_RESP_ERR_NETWORK_EXCEPTION:
+    case RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS:
+    case RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS_AFTER_APPEND:
+    case RD_KAFKA_RESP_ERR_KAFKA_STORAGE_ERROR:
+    case RD_KAFKA_RESP_ERR_BROKER_NOT_AVAILABLE:
+    case RD_KAFKA_RESP_ERR_REPLICA_NOT_AVAILABLE:
+    case RD_KAFKA_RESP_ERR_FENCED_LEADER_EPOCH:
+    case RD_KAFKA_RESP_ERR_UNKNOWN_LEADER_EPOCH:
+    case RD_KAFKA_RESP_ERR_OFFSET_NOT_AVAILABLE:
+    case RD_KAFKA_RESP_ERR_NOT_CONTROLLER:
+    case RD_KAFKA_RESP_ERR_THROTTLING_QUOTA_EXCEEDED:
+        return PF_RETRY;
+    default:
+        return PF_CONFIG;
+    }
+}
+
+/* A permanent produce failure that no retry can fix: the worker stops (exit 1). */
+static void produce_config_error(ingest *ing, const char *topic, rd_kafka_resp_err_t err) {
+    if (!ing->fatal)
+        log_write(LOG_ERROR, "Kafka refuses the worker's messages: stopping (check the topic and"
+                  " the worker's rights and settings)", LF_S("topic", topic),
+                  LF_S("error", rd_kafka_err2str(err)), LF_S("code", rd_kafka_err2name(err)), LF_END);
+    ing->fatal = true;
+}
+
+/* Produces one message of m's (its dead letter or a result) with m as the delivery's
+ * opaque. Returns 0 once librdkafka took it; else the error, after handling it (f->failed
+ * for a retry, fatal for a configuration error) — except PF_TOO_LARGE, left to the caller.
+ * While the producer's queue is full it waits, serving the heartbeat, but never past the
+ * stop deadline. */
+static rd_kafka_resp_err_t produce(ingest *ing, pend_msg *m, const char *topic, const void *key,
+                                   size_t klen, const void *val, size_t vlen,
+                                   rd_kafka_headers_t *hdrs) {
+    flight *f = m->fl;
     for (;;) {
         rd_kafka_resp_err_t err = rd_kafka_producev(
             ing->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, klen),
             RD_KAFKA_V_VALUE((void *)val, vlen), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(f), RD_KAFKA_V_END);
+            RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(m), RD_KAFKA_V_END);
         if (!err) {
             f->inflight++;
-            return; /* hdrs now owned by the message */
+            return err; /* hdrs now owned by the message */
         }
-        if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+        if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL && !ing->fatal && !past_deadline(ing)) {
+            atomic_store(&ing->m->heartbeat_ms, now_ms());
             rd_kafka_poll(ing->producer, 50);
             continue;
         }
-        log_write(LOG_ERROR, "cannot produce", LF_S("topic", topic),
-                  LF_S("error", rd_kafka_err2str(err)), LF_END);
         if (hdrs) rd_kafka_headers_destroy(hdrs);
+        enum produce_fail c = produce_fail_class(err);
+        if (c == PF_TOO_LARGE) return err;
+        if (c == PF_CONFIG) produce_config_error(ing, topic, err);
+        else log_write(LOG_WARN, "cannot produce", LF_S("topic", topic),
+                       LF_S("error", rd_kafka_err2str(err)), LF_END);
         f->failed++;
-        return;
+        return err;
     }
 }
 
-static void produce_dead_letter(ingest *ing, flight *f, const pend_msg *m) {
-    char part[16], off[24];
-    snprintf(part, sizeof part, "%d", (int)m->rkm->partition);
-    snprintf(off, sizeof off, "%lld", (long long)m->rkm->offset);
-    rd_kafka_headers_t *h = rd_kafka_headers_new(5);
-    rd_kafka_header_add(h, "dlq.error", -1, m->batch.bad_request, -1);
-    rd_kafka_header_add(h, "dlq.source.topic", -1, ing->cfg->input_topic, -1);
-    rd_kafka_header_add(h, "dlq.source.partition", -1, part, -1);
-    rd_kafka_header_add(h, "dlq.source.offset", -1, off, -1);
-    rd_kafka_header_add(h, "dlq.event.id", -1, m->batch.bad_event_id, -1);
-    produce(ing, f, ing->cfg->dlq_topic, m->rkm->key, m->rkm->key_len, m->rkm->payload,
-            m->rkm->len, h);
+/* The dead letter of a bad message: its raw bytes (cut when Kafka refused them as too large)
+ * and headers saying why and where it came from. */
+static void produce_dead_letter(ingest *ing, pend_msg *m) {
+    for (;;) {
+        char part[16], off[24], bytes[24];
+        snprintf(part, sizeof part, "%d", (int)m->rkm->partition);
+        snprintf(off, sizeof off, "%lld", (long long)m->rkm->offset);
+        snprintf(bytes, sizeof bytes, "%zu", m->rkm->len);
+        size_t vlen = m->rkm->len;
+        if (m->dlq_cut == DLQ_CUT_PREFIX && vlen > DLQ_PREFIX_BYTES) vlen = DLQ_PREFIX_BYTES;
+        if (m->dlq_cut == DLQ_CUT_EMPTY) vlen = 0;
+        rd_kafka_headers_t *h = rd_kafka_headers_new(7);
+        rd_kafka_header_add(h, "dlq.error", -1, m->batch.bad_request, -1);
+        rd_kafka_header_add(h, "dlq.source.topic", -1, ing->cfg->input_topic, -1);
+        rd_kafka_header_add(h, "dlq.source.partition", -1, part, -1);
+        rd_kafka_header_add(h, "dlq.source.offset", -1, off, -1);
+        rd_kafka_header_add(h, "dlq.event.id", -1, m->batch.bad_event_id, -1);
+        if (vlen < m->rkm->len) {
+            rd_kafka_header_add(h, "dlq.value.truncated", -1, vlen ? "prefix" : "empty", -1);
+            rd_kafka_header_add(h, "dlq.value.bytes", -1, bytes, -1);
+        }
+        rd_kafka_resp_err_t err = produce(ing, m, ing->cfg->dlq_topic, m->rkm->key,
+                                          m->rkm->key_len, m->rkm->payload, vlen, h);
+        if (produce_fail_class(err) != PF_TOO_LARGE) return;
+        if (m->dlq_cut == DLQ_CUT_EMPTY) { /* even the headers alone are too large */
+            produce_config_error(ing, ing->cfg->dlq_topic, err);
+            m->fl->failed++;
+            return;
+        }
+        m->dlq_cut++;
+        log_write(LOG_WARN, "dead letter too large for Kafka: sending it cut",
+                  LF_S("topic", ing->cfg->dlq_topic), LF_I("partition", m->rkm->partition),
+                  LF_I("offset", m->rkm->offset), LF_I("bytes", m->rkm->len),
+                  LF_S("cut", m->dlq_cut == DLQ_CUT_PREFIX ? "prefix" : "empty"), LF_END);
+    }
+}
+
+/* A result message; Kafka refusing one as too large is a configuration error. */
+static void produce_result(ingest *ing, pend_msg *m, const char *key, size_t klen) {
+    rd_kafka_resp_err_t err = produce(ing, m, ing->cfg->results_topic, key, klen, ing->out.buf,
+                                      ing->out.len, NULL);
+    if (produce_fail_class(err) == PF_TOO_LARGE) {
+        produce_config_error(ing, ing->cfg->results_topic, err);
+        m->fl->failed++;
+    }
 }
 
 static void produce_results(ingest *ing, flight *f) {
@@ -567,11 +674,10 @@ static void produce_results(ingest *ing, flight *f) {
         }
         const mw_batch *b = &m->batch;
         if (b->bad_request) {
-            produce_dead_letter(ing, f, m);
+            produce_dead_letter(ing, m);
             jsonw_reset(&ing->out);
             result_message(&ing->out, b, NULL, b->bad_request, 1);
-            produce(ing, f, ing->cfg->results_topic, b->bad_event_id, MW_UUID_STR_LEN,
-                    ing->out.buf, ing->out.len, NULL);
+            produce_result(ing, m, b->bad_event_id, MW_UUID_STR_LEN);
             batch_free(&m->batch);
             m->decoded = false;
             continue;
@@ -582,8 +688,7 @@ static void produce_results(ingest *ing, flight *f) {
             jsonw_reset(&ing->out);
             result_message(&ing->out, b, it, result_item_error(it, m->db_err ? m->db_err[k] : NULL),
                            errors);
-            produce(ing, f, ing->cfg->results_topic, it->f[F_EVENT].p, it->f[F_EVENT].n,
-                    ing->out.buf, ing->out.len, NULL);
+            produce_result(ing, m, it->f[F_EVENT].p, it->f[F_EVENT].n);
         }
         /* The results are copied into the producer: the tree is not needed any more. */
         batch_free(&m->batch);
@@ -645,6 +750,7 @@ static bool drain_flights(ingest *ing, bool wait) {
         while (ing->fl_head && ing->fl_head->inflight == 0) {
             flight *f = ing->fl_head;
             if (f->failed) {
+                if (ing->fatal) break; /* stopping: the next owner produces them again */
                 if (!f->retry_at_ms) {
                     f->retry_at_ms = now_ms() + backoff_ms(ing, f->attempts - 1);
                     log_write(LOG_WARN, "results not acknowledged: producing them again",
@@ -689,6 +795,7 @@ static flight *flight_take(ingest *ing, lane *L) {
     }
     ing->n_pend = w;
     pend_recount(ing);
+    for (int i = 0; i < f->n; i++) f->msgs[i].fl = f;
     f->started_ms = now_ms();
     if (ing->fl_tail) ing->fl_tail->next = f;
     else ing->fl_head = f;
@@ -856,18 +963,27 @@ static void flush(ingest *ing) {
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
     (void)rk;
     ingest *ing = opaque;
-    flight *f = m->_private; /* the per-message opaque given to producev */
-    if (f) {
-        f->inflight--;
-        if (m->err) f->failed++;
+    pend_msg *pm = m->_private; /* the per-message opaque given to producev */
+    const char *topic = rd_kafka_topic_name(m->rkt);
+    if (pm) {
+        pm->fl->inflight--;
+        if (m->err) pm->fl->failed++;
     }
-    if (!m->err && strcmp(rd_kafka_topic_name(m->rkt), ing->cfg->results_topic) == 0)
+    if (!m->err && strcmp(topic, ing->cfg->results_topic) == 0)
         atomic_fetch_add(&ing->m->results_produced, 1);
-    if (m->err) {
-        atomic_fetch_add(&ing->m->results_failed, 1);
-        log_write(LOG_WARN, "delivery failed", LF_S("topic", rd_kafka_topic_name(m->rkt)),
-                  LF_S("error", rd_kafka_err2str(m->err)), LF_END);
-    }
+    if (!m->err) return;
+    atomic_fetch_add(&ing->m->results_failed, 1);
+    log_write(LOG_WARN, "delivery failed", LF_S("topic", topic),
+              LF_S("error", rd_kafka_err2str(m->err)), LF_END);
+    /* The flight is produced again (after a backoff) unless the failure is permanent: a
+     * dead letter too large goes again cut; anything else permanent stops the worker. */
+    enum produce_fail c = produce_fail_class(m->err);
+    bool dead_letter = pm && pm->bad && strcmp(topic, ing->cfg->dlq_topic) == 0;
+    if (c == PF_TOO_LARGE && dead_letter && pm->dlq_cut < DLQ_CUT_EMPTY)
+        pm->dlq_cut = pm->dlq_cut == DLQ_CUT_NONE && m->len > DLQ_PREFIX_BYTES ? DLQ_CUT_PREFIX
+                                                                              : DLQ_CUT_EMPTY;
+    else if (c != PF_RETRY)
+        produce_config_error(ing, topic, m->err);
 }
 
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,

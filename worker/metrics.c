@@ -205,6 +205,10 @@ void metrics_render(mw_metrics *m, const char *version, jsonw *out) {
           atomic_load(&m->assigned_partitions));
     gauge(out, "paused_partitions", "Partitions paused while PostgreSQL or Kafka is unavailable.",
           atomic_load(&m->paused_partitions));
+    head(out, "main_loop_stall_seconds", "gauge",
+         "Seconds since the main loop last made a turn (/healthz fails past 60).");
+    line(out, "metadata_worker_main_loop_stall_seconds %.3f\n",
+         (double)(metrics_now_ms() - atomic_load(&m->heartbeat_ms)) / 1000.0);
     hist(out, "batch_items", "Items per database transaction.", &m->batch_items);
     hist(out, "db_upsert_seconds", "Database time of one transaction.", &m->db_seconds);
     hist(out, "produce_to_result_seconds",
