@@ -1,4 +1,5 @@
-/* plan: merges a transaction's items by key and writes the upsert's documents; see plan.h. */
+/* plan: groups a transaction's items by key and writes the upsert's documents (the
+ * generations, and the items one by one); see plan.h. */
 #include "plan.h"
 
 #include <stdlib.h>
@@ -9,6 +10,7 @@ void plan_init(mw_plan *p) { memset(p, 0, sizeof *p); }
 void plan_reset(mw_plan *p) {
     p->n_items = 0;
     p->n_rows = 0;
+    p->n_gens = 0;
     if (p->slots) memset(p->slots, 0, p->n_slots * sizeof *p->slots);
 }
 
@@ -17,6 +19,7 @@ void plan_free(mw_plan *p) {
     free(p->items);
     free(p->rows);
     free(p->slots);
+    free(p->active);
     free(p->pairs);
     free(p->order);
     memset(p, 0, sizeof *p);
@@ -55,8 +58,8 @@ static int str_cmp(const mw_str *a, const mw_str *b) {
 
 static int row_cmp(const void *x, const void *y) {
     const mw_row *a = x, *b = y;
-    int c = str_cmp(&a->f[F_CUSTOMER], &b->f[F_CUSTOMER]);
-    return c ? c : str_cmp(&a->f[F_CONVERSATION], &b->f[F_CONVERSATION]);
+    int c = str_cmp(&a->cid, &b->cid);
+    return c ? c : str_cmp(&a->conv, &b->conv);
 }
 
 int plan_merge(mw_plan *p) {
@@ -73,9 +76,13 @@ int plan_merge(mw_plan *p) {
         mw_row *r = realloc(p->rows, (size_t)p->n_items * sizeof *r);
         if (!r) return -1;
         p->rows = r;
+        int *a = realloc(p->active, (size_t)p->n_items * sizeof *a);
+        if (!a) return -1; /* cap_rows unchanged: the next merge grows both again */
+        p->active = a;
         p->cap_rows = p->n_items;
     }
     p->n_rows = 0;
+    p->n_gens = 0;
 
     size_t mask = p->n_slots - 1;
     for (int i = 0; i < p->n_items; i++) {
@@ -87,8 +94,8 @@ int plan_merge(mw_plan *p) {
         mw_row *row = NULL;
         while (p->slots[s]) {
             mw_row *r = &p->rows[p->slots[s] - 1];
-            if (r->hash == h && str_eq(&r->f[F_CUSTOMER], &it->f[F_CUSTOMER]) &&
-                str_eq(&r->f[F_CONVERSATION], &it->f[F_CONVERSATION])) {
+            if (r->hash == h && str_eq(&r->cid, &it->f[F_CUSTOMER]) &&
+                str_eq(&r->conv, &it->f[F_CONVERSATION])) {
                 row = r;
                 break;
             }
@@ -96,22 +103,19 @@ int plan_merge(mw_plan *p) {
         }
         if (!row) {
             row = &p->rows[p->n_rows++];
-            memset(row, 0, sizeof *row);
-            row->hash = h;
-            row->first = i;
+            *row = (mw_row){.cid = it->f[F_CUSTOMER], .conv = it->f[F_CONVERSATION],
+                            .first = i, .hash = h};
             p->slots[s] = p->n_rows;
         } else {
             p->items[row->last_i].next_in_row = i;
         }
         row->last_i = i;
-        for (int f = 0; f < F_COUNT; f++)
-            if (it->f[f].p) row->f[f] = it->f[f];
-        row->has_attrs |= it->has_attrs;
-        row->last = pi;
+        if (++row->n > p->n_gens) p->n_gens = row->n;
     }
     /* Rows in key order: PostgreSQL locks them in the order the MERGE meets them, so two
      * transactions writing common keys (two connections, or two workers) wait for each
-     * other instead of deadlocking (and losing deadlock_timeout, 1 s, before a retry). */
+     * other instead of deadlocking (and losing deadlock_timeout, 1 s, before a retry). Each
+     * generation lists its records in this order. */
     if (p->n_rows > 1) qsort(p->rows, (size_t)p->n_rows, sizeof *p->rows, row_cmp);
     return 0;
 }
@@ -123,12 +127,11 @@ static const char *const doc_keys[F_COUNT] = {
     [F_COUNTRY] = "country", [F_STATE] = "state", [F_ZIP] = "zip",
 };
 
-/* Gathers the attributes patches of the items from `first` (following next_in_row when
- * row, else that item alone) into p->pairs, and marks in p->order[i] (1/0) the entries that
- * stay: the last of each name. Returns the number of entries, or -1 out of memory. */
-static int compose(mw_plan *p, int first, bool row) {
-    int k = 0;
-    for (int i = first; i >= 0; i = row ? p->items[i].next_in_row : -1) k += p->items[i].item->n_attrs;
+/* Gathers the attributes patch of one item into p->pairs, and marks in p->order[i] (1/0)
+ * the entries that stay: the last of each name (within one item, the last duplicate name
+ * wins). Returns the number of entries, or -1 out of memory. */
+static int compose(mw_plan *p, const mw_item *it) {
+    int k = it->n_attrs;
     if (k > p->cap_pairs) {
         const mw_attr **np = realloc(p->pairs, (size_t)k * sizeof *np);
         if (!np) return -1;
@@ -138,11 +141,7 @@ static int compose(mw_plan *p, int first, bool row) {
         p->order = no;
         p->cap_pairs = k;
     }
-    k = 0;
-    for (int i = first; i >= 0; i = row ? p->items[i].next_in_row : -1) {
-        const mw_item *it = p->items[i].item;
-        for (int a = 0; a < it->n_attrs; a++) p->pairs[k++] = &it->attrs[a];
-    }
+    for (int a = 0; a < k; a++) p->pairs[a] = &it->attrs[a];
     int *keep = p->order;
     if (k <= 16) {
         for (int i = 0; i < k; i++) {
@@ -174,8 +173,8 @@ static int compose(mw_plan *p, int first, bool row) {
 /* An attributes patch goes as "aset" (the names it sets, an object) and "adel" (the names
  * it removes, an array, omitted when empty): PostgreSQL then applies it with two jsonb
  * operators, (current - adel) || aset, without a per-row sub-query. */
-static void write_patch(mw_plan *p, jsonw *out, int first, bool row) {
-    int k = compose(p, first, row);
+static void write_patch(mw_plan *p, jsonw *out, const mw_item *it) {
+    int k = compose(p, it);
     if (k < 0) {
         out->oom = true;
         return;
@@ -204,50 +203,47 @@ static void write_patch(mw_plan *p, jsonw *out, int first, bool row) {
     jsonw_raw(out, "]");
 }
 
-static void write_record(mw_plan *p, jsonw *out, const mw_str *f, bool has_attrs, int first,
-                         bool row, const mw_plan_item *src) {
+/* One item as one record of customer_metadata_merge. */
+static void write_record(mw_plan *p, jsonw *out, const mw_plan_item *pi) {
+    const mw_item *it = pi->item;
     jsonw_elem(out);
     jsonw_raw(out, "{");
     for (int k = 0; k < F_COUNT; k++) {
-        if (!f[k].p) continue;
+        if (!it->f[k].p) continue;
         jsonw_key(out, doc_keys[k]);
-        jsonw_strn(out, f[k].p, f[k].n);
+        jsonw_strn(out, it->f[k].p, it->f[k].n);
     }
-    if (has_attrs) write_patch(p, out, first, row);
-    jsonw_key(out, "part"); jsonw_int(out, src->partition);
-    jsonw_key(out, "off"); jsonw_int(out, src->offset);
-    jsonw_key(out, "idx"); jsonw_int(out, src->item->index);
+    if (it->has_attrs) write_patch(p, out, it);
+    jsonw_key(out, "part"); jsonw_int(out, pi->partition);
+    jsonw_key(out, "off"); jsonw_int(out, pi->offset);
+    jsonw_key(out, "idx"); jsonw_int(out, it->index);
     jsonw_raw(out, "}");
 }
 
+/* p->active holds, in key order, the next item of each key that has items left: a
+ * generation writes them and replaces each by its key's next item, dropping finished keys.
+ * Each step writes one record, so the whole is O(items) whatever the generations. */
 void plan_rows_json(mw_plan *p, jsonw *out) {
+    int n = p->n_rows;
+    for (int r = 0; r < n; r++) p->active[r] = p->rows[r].first;
     jsonw_raw(out, "[");
-    for (int i = 0; i < p->n_rows; i++)
-        write_record(p, out, p->rows[i].f, p->rows[i].has_attrs, p->rows[i].first, true,
-                     p->rows[i].last);
+    while (n > 0) {
+        jsonw_elem(out);
+        jsonw_raw(out, "[");
+        int kept = 0;
+        for (int j = 0; j < n; j++) {
+            int i = p->active[j];
+            write_record(p, out, &p->items[i]);
+            if (p->items[i].next_in_row >= 0) p->active[kept++] = p->items[i].next_in_row;
+        }
+        n = kept;
+        jsonw_raw(out, "]");
+    }
     jsonw_raw(out, "]");
 }
 
 void plan_items_json(mw_plan *p, jsonw *out) {
     jsonw_raw(out, "[");
-    for (int i = 0; i < p->n_items; i++)
-        write_record(p, out, p->items[i].item->f, p->items[i].item->has_attrs, i, false,
-                     &p->items[i]);
+    for (int i = 0; i < p->n_items; i++) write_record(p, out, &p->items[i]);
     jsonw_raw(out, "]");
-}
-
-void plan_row_patch_json(mw_plan *p, int r, jsonw *out) {
-    int k = compose(p, p->rows[r].first, true);
-    if (k < 0) {
-        out->oom = true;
-        return;
-    }
-    jsonw_raw(out, "{");
-    for (int i = 0; i < k; i++) {
-        if (!p->order[i]) continue;
-        jsonw_keyn(out, p->pairs[i]->name.p, p->pairs[i]->name.n);
-        if (p->pairs[i]->value.p) jsonw_strn(out, p->pairs[i]->value.p, p->pairs[i]->value.n);
-        else jsonw_raw(out, "null");
-    }
-    jsonw_raw(out, "}");
 }

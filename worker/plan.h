@@ -1,13 +1,38 @@
 /*
  * plan: plans the upsert of one database transaction (SPEC §4). Valid items are added in
- * the order they must apply (by offset within a partition, by index within a message);
- * items for the same key are merged into one row exactly as applying them one after the
- * other would (a field given replaces, absent/null keeps; attributes patches compose;
- * eventId and source are the last item's). Pure: no I/O.
+ * the order they must apply (by offset within a partition, by index within a message).
+ * plan_merge groups them by key; plan_rows_json then writes them in generations: generation
+ * g holds the g-th item of every key that has more than g items, each item as its own record
+ * (its own fields, attributes patch, eventId and source: nothing is merged across items),
+ * the records of a generation in key order. The database applies the generations one after
+ * the other, one MERGE each, in the transaction that moves the offsets
+ * (customer_metadata_apply, schema 3). Pure: no I/O.
  *
- * Ownership: a plan borrows the items added to it (they must outlive it) and owns its rows.
- * A row's attributes patch is the patches of its items, in order, composed when written.
- * plan_reset keeps the memory for the next batch.
+ * Why this is exact (SPEC §4: the state of applying the items one after the other): each
+ * key's items apply in their order, one statement each, so every intermediate state of
+ * every row is written and checked by the table's constraints and triggers, as applying the
+ * items one by one would. Items of different keys write different rows, so their relative
+ * order does not change the result for rules that look at one row (CHECK, NOT NULL, row
+ * triggers reading NEW). An item the database refuses fails the statement, and the slow path
+ * (plan_items_json, item by item) isolates it. How the stream is split into messages and
+ * transactions therefore changes neither the table nor the results. Merging a key's items
+ * into one row, as before schema 3, skipped the intermediate states and could hide a refused
+ * item behind a later one (issue 9). Rules across rows (a UNIQUE on another column, a
+ * trigger reading other rows) see the items of different keys in generation order, not in
+ * stream order (SPEC §4 gives no order across partitions anyway).
+ *
+ * A generation holds at most one record per key, as MERGE needs (it may not affect a row
+ * twice). Every key of a later generation is in generation 0, whose MERGE meets the rows in
+ * key order: later generations take no new row lock, so the lock order is the one that keeps
+ * two connections from deadlocking, as before.
+ *
+ * Cost: one MERGE per generation, all in the one statement the worker sends (no extra round
+ * trip). A transaction has as many generations as its most repeated key has items: one when
+ * no key repeats; a key repeated n times has its row written n times (once when merged).
+ * Planning and writing the documents are O(items), even when one key holds every item.
+ *
+ * Ownership: a plan borrows the items added to it (they must outlive it) and owns its rows
+ * and scratch arrays. plan_reset keeps the memory for the next batch.
  */
 #ifndef MW_PLAN_H
 #define MW_PLAN_H
@@ -19,25 +44,27 @@ typedef struct mw_plan_item {
     const mw_item *item;
     int32_t partition;
     int64_t offset;
-    int next_in_row;             /* (after plan_merge) the row's next item, or -1 */
+    int next_in_row;             /* (after plan_merge) the key's next item, or -1 */
 } mw_plan_item;
 
+/* One key of the transaction (after plan_merge). */
 typedef struct mw_row {
-    mw_str f[F_COUNT];
-    int first, last_i;           /* the row's first and last items (indexes in items) */
-    bool has_attrs;              /* some item of the row has an attributes patch */
-    const mw_plan_item *last;    /* the last item applied to this row */
+    mw_str cid, conv;            /* the key: externalCustomerId, externalConversationId */
+    int first, last_i;           /* the key's first and last items (indexes in items) */
+    int n;                       /* the key's number of items */
     uint64_t hash;
 } mw_row;
 
 typedef struct mw_plan {
     mw_plan_item *items;
     int n_items, cap_items;
-    mw_row *rows;
+    mw_row *rows;                /* after plan_merge: one per key, in key order */
     int n_rows, cap_rows;
+    int n_gens;                  /* after plan_merge: generations (the most items of a key) */
     int *slots;                  /* open addressing: row index + 1, 0 = empty */
     size_t n_slots;
-    const mw_attr **pairs;       /* scratch: one patch being composed */
+    int *active;                 /* scratch of plan_rows_json: each unfinished key's next item */
+    const mw_attr **pairs;       /* scratch: one item's patch being composed */
     int *order;
     int cap_pairs;
 } mw_plan;
@@ -50,17 +77,20 @@ void plan_free(mw_plan *p);
 int plan_add(mw_plan *p, const mw_item *item, int32_t partition, int64_t offset)
     __attribute__((warn_unused_result));
 
-/* Merges the items added into rows, one per key. Returns 0, or -1 when memory ran out. */
+/* Groups the items added by key (rows, in key order: external_customer_id, then
+ * external_conversation_id, bytewise) and counts the generations. Returns 0, or -1 when
+ * memory ran out. */
 int plan_merge(mw_plan *p) __attribute__((warn_unused_result));
 
-/* The JSON documents the database functions take: the merged rows (after plan_merge), or
- * every item on its own in order (the slow path that isolates rejected items). Out of
- * memory sets out->oom. */
+/* The JSON documents the database functions take. plan_rows_json (after plan_merge): an
+ * array of generations, each an array of records in key order, one per item:
+ * [[gen 0 records…],[gen 1 records…],…] ([] for no items); customer_metadata_apply runs one
+ * MERGE per generation. plan_items_json: every item on its own, in order (the slow path that
+ * isolates refused items; it needs no plan_merge). A record holds the item's fields given
+ * as strings (short names), its attributes patch as "aset"/"adel" (the last setting of a
+ * name within the item wins; absent when the item has none), and "part", "off", "idx". Out
+ * of memory sets out->oom. */
 void plan_rows_json(mw_plan *p, jsonw *out);
 void plan_items_json(mw_plan *p, jsonw *out);
-
-/* The composed patch of row r (after plan_merge) as a JSON object (name → value|null),
- * names in order of their last setting; for tests and diagnostics. */
-void plan_row_patch_json(mw_plan *p, int r, jsonw *out);
 
 #endif

@@ -17,9 +17,10 @@
  *   - valid items: required fields present and not blank, every string valid UTF-8, free
  *     of NUL and within its maximum length in code points; attributes names 1-256 and
  *     values up to 4096 code points;
- *   - plan_items_json and plan_rows_json are strict JSON arrays equal to a model of the
- *     merge (one row per key; a field given replaces; attributes patches compose; the last
- *     item's eventId and source), also when the batch is added twice (two offsets);
+ *   - plan_items_json is a strict JSON array of every valid item's own record, in order;
+ *     plan_rows_json a strict JSON array of plan.n_gens generations, generation g holding
+ *     the g-th record of every key with more than g items, in key order (also when the
+ *     batch is added twice: two offsets);
  *   - result_message (every item, or the bad request's one result) and result_response are
  *     strict JSON objects, valid UTF-8, whose strings round-trip the batch's bytes;
  *   - whenever jsoncheck_valid accepts the input, json-c accepts it too (success or
@@ -321,34 +322,76 @@ static void check_plan(const mw_batch *b, int times) {
     CHECK(json_object_equal(items, expected_items), "plan_items_json differs from the items: %s",
           w.buf);
 
+    /* plan_rows_json: generations. Generation g holds the g-th item of every key with more
+     * than g items, each as its own record (plan_items_json's), in strictly increasing key
+     * order (customer, then conversation, bytewise); none is empty; every item is in one. */
     jsonw_reset(&w);
     plan_rows_json(&plan, &w);
-    json_object *rows = parse_back(&w, json_type_array, "plan_rows_json");
-    normalize_patches(rows);
-    size_t n_rows = json_object_array_length(rows);
-    CHECK((int)n_rows == plan.n_rows, "plan_rows_json: %zu rows, plan %d", n_rows, plan.n_rows);
-    CHECK(n_rows == (size_t)json_object_object_length(model),
-          "plan_rows_json: %zu rows for %d distinct keys", n_rows,
-          json_object_object_length(model));
-    json_object *seen = json_object_new_object();
-    for (size_t r = 0; r < n_rows; r++) {
-        json_object *row = json_object_array_get_idx(rows, r);
-        CHECK(json_object_is_type(row, json_type_object), "plan_rows_json: row %zu type", r);
-        json_object *cid = member(row, "cid"), *conv = member(row, "conv");
-        CHECK(json_object_is_type(cid, json_type_string) &&
-                  json_object_is_type(conv, json_type_string), "plan_rows_json: row %zu key", r);
+    json_object *gens = parse_back(&w, json_type_array, "plan_rows_json");
+    size_t n_gens = json_object_array_length(gens);
+    CHECK((int)n_gens == plan.n_gens, "plan_rows_json: %zu generations, plan %d", n_gens,
+          plan.n_gens);
+    json_object *by_key = json_object_new_object(); /* key -> its records, in item order */
+    for (size_t i = 0; i < json_object_array_length(items); i++) {
+        json_object *rec = json_object_array_get_idx(items, i);
+        json_object *cid = member(rec, "cid"), *conv = member(rec, "conv");
         char *k = row_key(json_object_get_string(cid), (size_t)json_object_get_string_len(cid),
                           json_object_get_string(conv), (size_t)json_object_get_string_len(conv));
-        CHECK(member(seen, k) == NULL, "plan_rows_json: row %zu repeats a key", r);
-        json_object_object_add(seen, k, json_object_new_boolean(1));
-        json_object *want = member(model, k);
+        json_object *list = member(by_key, k);
+        if (!list) {
+            list = json_object_new_array();
+            json_object_object_add(by_key, k, list);
+        }
+        json_object_array_add(list, json_object_get(rec));
         free(k);
-        CHECK(want != NULL, "plan_rows_json: row %zu has a key no item has", r);
-        CHECK(json_object_equal(row, want), "plan_rows_json: row %zu is %s, the model says %s", r,
-              json_object_to_json_string(row), json_object_to_json_string(want));
     }
-    json_object_put(seen);
-    json_object_put(rows);
+    CHECK(json_object_object_length(by_key) == plan.n_rows &&
+              plan.n_rows == json_object_object_length(model),
+          "%d keys in the items, plan %d, model %d", json_object_object_length(by_key),
+          plan.n_rows, json_object_object_length(model));
+    size_t total = 0;
+    for (size_t g = 0; g < n_gens; g++) {
+        json_object *gen = json_object_array_get_idx(gens, g);
+        CHECK(json_object_is_type(gen, json_type_array) && json_object_array_length(gen) > 0,
+              "plan_rows_json: generation %zu is not a non-empty array", g);
+        normalize_patches(gen);
+        const char *pc = NULL, *pv = NULL;
+        size_t pcn = 0, pvn = 0;
+        for (size_t r = 0; r < json_object_array_length(gen); r++) {
+            json_object *rec = json_object_array_get_idx(gen, r);
+            CHECK(json_object_is_type(rec, json_type_object), "generation %zu record %zu type", g, r);
+            json_object *cid = member(rec, "cid"), *conv = member(rec, "conv");
+            CHECK(json_object_is_type(cid, json_type_string) &&
+                      json_object_is_type(conv, json_type_string),
+                  "generation %zu record %zu key", g, r);
+            const char *c = json_object_get_string(cid), *v = json_object_get_string(conv);
+            size_t cn = (size_t)json_object_get_string_len(cid);
+            size_t vn = (size_t)json_object_get_string_len(conv);
+            if (pc) {
+                int o = memcmp(pc, c, pcn < cn ? pcn : cn);
+                if (o == 0) o = (pcn > cn) - (pcn < cn);
+                if (o == 0) {
+                    o = memcmp(pv, v, pvn < vn ? pvn : vn);
+                    if (o == 0) o = (pvn > vn) - (pvn < vn);
+                }
+                CHECK(o < 0, "generation %zu: record %zu not after record %zu in key order", g,
+                      r, r - 1);
+            }
+            pc = c, pcn = cn, pv = v, pvn = vn;
+            char *k = row_key(c, cn, v, vn);
+            json_object *list = member(by_key, k);
+            free(k);
+            CHECK(list != NULL, "generation %zu record %zu: a key no item has", g, r);
+            CHECK(g < json_object_array_length(list) &&
+                      json_object_equal(rec, json_object_array_get_idx(list, g)),
+                  "generation %zu record %zu is %s, not its key's item %zu", g, r,
+                  json_object_to_json_string(rec), g);
+            total++;
+        }
+    }
+    CHECK((int)total == n_valid, "plan_rows_json: %zu records for %d items", total, n_valid);
+    json_object_put(by_key);
+    json_object_put(gens);
     json_object_put(items);
     json_object_put(expected_items);
     json_object_put(model);
