@@ -51,6 +51,8 @@ static const setting settings[] = {
      "cap of the retry backoff while PostgreSQL or Kafka is unavailable"},
     {"DATABASE_CONNECTIONS", "--database-connections", S_INT, OFF(db_connections), "2", 1, 8,
      "PostgreSQL connections, each applying the transactions of its share of the partitions"},
+    {"HEALTHZ_STALL_MS", "--healthz-stall-ms", S_INT, OFF(healthz_stall_ms), "60000", 1000, 3600000,
+     "/healthz answers 503 when the main loop has not turned for this long (/readyz: half)"},
 };
 
 #define N_SETTINGS (sizeof settings / sizeof settings[0])

@@ -494,6 +494,21 @@ enum db_status db_apply_send(mw_db *db, const char *group, const char *topic,
 
 int db_socket(const mw_db *db) { return db->conn ? PQsocket(db->conn) : -1; }
 
+void db_cancel(mw_db *db) {
+    if (!db->conn || !db->busy) return;
+    PGcancel *c = PQgetCancel(db->conn);
+    char err[256];
+    if (c && !PQcancel(c, err, sizeof err))
+        log_write(LOG_WARN, "cannot cancel the statement", LF_S("error", err), LF_END);
+    PQfreeCancel(c);
+}
+
+void db_drop(mw_db *db) {
+    if (db->conn) PQfinish(db->conn);
+    db->conn = NULL;
+    db->busy = false;
+}
+
 enum db_status db_apply_poll(mw_db *db, int *done, char *errstr, size_t errstr_size) {
     *done = 0;
     if (!db->busy) {

@@ -85,6 +85,11 @@ enum db_status db_apply_poll(mw_db *db, int *done, char *errstr, size_t errstr_s
 int db_busy(const mw_db *db);
 int db_socket(const mw_db *db);
 
+/* Asks PostgreSQL to cancel the asynchronous statement (its result then comes as 57014);
+ * db_drop closes the connection whatever it was doing (reconnected at the next call). */
+void db_cancel(mw_db *db);
+void db_drop(mw_db *db);
+
 /* The slow path: offsets, then each item on its own; rejected items are recorded and
  * reported through cb. */
 enum db_status db_apply_isolated(mw_db *db, const char *group, const char *topic,

@@ -136,7 +136,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         return reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", body, len, 1);
     }
     if (strcmp(url, "/healthz") == 0) {
-        if (metrics_alive(h->m, 60000)) return reply(c, 200, "text/plain", "ok\n", 3, 0);
+        if (metrics_healthy(h->m)) return reply(c, 200, "text/plain", "ok\n", 3, 0);
         return reply(c, 503, "text/plain", "main loop stalled\n", 18, 0);
     }
     if (strcmp(url, "/readyz") == 0) {

@@ -101,6 +101,7 @@ typedef struct ingest {
     mw_metrics *m;
     mw_http *http;
     bool fatal;
+    bool closing;           /* leaving the group: commits must not wait for a coordinator */
     char errstr[1024];
 } ingest;
 
@@ -936,15 +937,31 @@ static void flush_due_lanes(ingest *ing) {
 
 /* Completes lane L's flush if PostgreSQL has answered (or, with wait, once it has). */
 static void flush_poll(ingest *ing, lane *L, bool wait) {
+    int64_t cancelled_ms = 0;
     while (L->flushing) {
         int done = 0;
         enum db_status st = db_apply_poll(L->db, &done, L->errstr, sizeof L->errstr);
+        if (!done && wait && cancelled_ms && now_ms() - cancelled_ms > 2000) {
+            /* No answer to the cancel (PostgreSQL unreachable): give the connection up. */
+            db_drop(L->db);
+            snprintf(L->errstr, sizeof L->errstr, "statement abandoned at the stop deadline");
+            st = DB_TRANSIENT;
+            done = 1;
+        }
         if (done) {
             L->flushing = false;
             if (flush_settle(ing, L, applied(ing, L, st))) flush_deliver(ing, L, !wait);
             return;
         }
         if (!wait) return;
+        /* Stopping and past SHUTDOWN_TIMEOUT_MS: a statement PostgreSQL still holds (a
+         * lock, a slow disk) is cancelled; its batch is abandoned, uncommitted. */
+        if (!cancelled_ms && past_deadline(ing)) {
+            log_write(LOG_WARN, "stop deadline reached: cancelling the statement in PostgreSQL",
+                      LF_I("connection", L->id), LF_END);
+            db_cancel(L->db);
+            cancelled_ms = now_ms();
+        }
         struct pollfd pfd = {db_socket(L->db), POLLIN, 0};
         if (pfd.fd >= 0) poll(&pfd, 1, 100);
         atomic_store(&ing->m->heartbeat_ms, now_ms());
@@ -954,7 +971,7 @@ static void flush_poll(ingest *ing, lane *L, bool wait) {
 /* Every lane's flush, synchronously (at a stop). */
 static void flush(ingest *ing) {
     for (int l = 0; l < ing->n_lanes; l++) flush_poll(ing, &ing->lanes[l], true);
-    for (int l = 0; l < ing->n_lanes; l++) flush_begin(ing, &ing->lanes[l]);
+    for (int l = 0; l < ing->n_lanes && !past_deadline(ing); l++) flush_begin(ing, &ing->lanes[l]);
     for (int l = 0; l < ing->n_lanes; l++) flush_poll(ing, &ing->lanes[l], true);
 }
 
@@ -1030,7 +1047,12 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         bool lost = rd_kafka_assignment_lost(rk);
         pend_drop_partitions(ing, parts);
         drain_flights(ing, false); /* store what is acknowledged before committing */
-        if (!lost) {
+        if (!lost && ing->closing && !atomic_load(&ing->m->coord_up)) {
+            /* A commit without a coordinator waits for one for session.timeout.ms (and so
+             * does the consumer's destruction), past the 10 s close_consumer allows. */
+            log_write(LOG_WARN, "group coordinator unreachable: leaving without committing;"
+                      " the partitions' next owner resumes from the last commit", LF_END);
+        } else if (!lost) {
             /* Commit what is done for these partitions before handing them over. */
             rd_kafka_resp_err_t e = rd_kafka_commit(rk, NULL, 0);
             if (e && e != RD_KAFKA_RESP_ERR__NO_OFFSET)
@@ -1097,6 +1119,7 @@ static bool wait_for_database(ingest *ing) {
 static void close_consumer(ingest *ing) {
     for (int i = 0; i < ing->n_pend; i++) pend_release(&ing->pend[i]);
     ing->n_pend = 0;
+    ing->closing = true;
     rd_kafka_queue_t *q = rd_kafka_queue_new(ing->consumer);
     rd_kafka_error_t *error = rd_kafka_consumer_close_queue(ing->consumer, q);
     int flags = 0;
@@ -1123,6 +1146,14 @@ static void close_consumer(ingest *ing) {
         }
     }
     rd_kafka_queue_destroy(q);
+    if (flags && !error) {
+        /* The close timed out (no coordinator): destroying the consumer would wait for its
+         * pending commit requests to time out (session.timeout.ms). The process is about to
+         * exit; nothing is left to send (the offsets could not be committed anyway). */
+        log_write(LOG_WARN, "leaving the Kafka consumer to the process exit", LF_END);
+        ing->consumer = NULL;
+        return;
+    }
     rd_kafka_destroy_flags(ing->consumer, flags);
     ing->consumer = NULL;
 }
@@ -1152,6 +1183,7 @@ int ingest_run(const mw_config *cfg, volatile sig_atomic_t *run) {
         log_write(LOG_ERROR, "out of memory", LF_END);
         goto done;
     }
+    ing->m->stall_ms = cfg->healthz_stall_ms;
     if (cfg->metrics_addr) {
         ing->http = http_start(cfg->metrics_addr, ing->m, MW_VERSION, ing->errstr, sizeof ing->errstr);
         if (!ing->http) {

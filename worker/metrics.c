@@ -42,6 +42,7 @@ mw_metrics *metrics_new(void) {
     m->db_seconds.bounds = sec_bounds;
     m->result_seconds.bounds = sec_bounds;
     atomic_store(&m->heartbeat_ms, metrics_now_ms());
+    m->stall_ms = 60000;
     return m;
 }
 
@@ -84,6 +85,10 @@ void metrics_parse_stats(mw_metrics *m, const char *json, size_t len) {
         }
     }
     atomic_store(&m->kafka_up, up);
+    json_object *cgrp, *cstate;
+    if (json_object_object_get_ex(root, "cgrp", &cgrp) &&
+        json_object_object_get_ex(cgrp, "state", &cstate))
+        atomic_store(&m->coord_up, strcmp(json_object_get_string(cstate), "up") == 0);
     lag_table *t = m->lag;
     pthread_mutex_lock(&t->mu);
     t->n = 0;
@@ -124,7 +129,11 @@ int metrics_alive(mw_metrics *m, int64_t ms) {
 }
 
 int metrics_ready(mw_metrics *m) {
-    return atomic_load(&m->kafka_up) && atomic_load(&m->db_up) && metrics_alive(m, 30000);
+    return atomic_load(&m->kafka_up) && atomic_load(&m->db_up) && metrics_alive(m, m->stall_ms / 2);
+}
+
+int metrics_healthy(mw_metrics *m) {
+    return metrics_alive(m, m->stall_ms);
 }
 
 static void line(jsonw *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -206,7 +215,7 @@ void metrics_render(mw_metrics *m, const char *version, jsonw *out) {
     gauge(out, "paused_partitions", "Partitions paused while PostgreSQL or Kafka is unavailable.",
           atomic_load(&m->paused_partitions));
     head(out, "main_loop_stall_seconds", "gauge",
-         "Seconds since the main loop last made a turn (/healthz fails past 60).");
+         "Seconds since the main loop last made a turn (/healthz fails past HEALTHZ_STALL_MS).");
     line(out, "metadata_worker_main_loop_stall_seconds %.3f\n",
          (double)(metrics_now_ms() - atomic_load(&m->heartbeat_ms)) / 1000.0);
     hist(out, "batch_items", "Items per database transaction.", &m->batch_items);

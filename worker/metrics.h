@@ -41,8 +41,10 @@ typedef struct mw_metrics {
     atomic_int assigned_partitions;
     atomic_int paused_partitions;
     atomic_int kafka_up;       /* a broker connection is up (librdkafka statistics) */
+    atomic_int coord_up;       /* the consumer group's coordinator is known and up (same) */
     atomic_int db_up;          /* the last database call or ping succeeded */
     atomic_llong heartbeat_ms; /* the main loop's last turn (monotonic ms) */
+    int64_t stall_ms;          /* HEALTHZ_STALL_MS: not alive past it (set before serving) */
     mw_hist batch_items;       /* items per database transaction */
     mw_hist db_seconds;        /* database time of one transaction */
     mw_hist result_seconds;    /* produce (message timestamp) to result acknowledged */
@@ -64,7 +66,11 @@ int64_t metrics_now_ms(void);
 /* True when the main loop turned within the last `ms` milliseconds. */
 int metrics_alive(mw_metrics *m, int64_t ms);
 
-/* True when connected to Kafka and PostgreSQL (partitions assigned or waiting for them). */
+/* True when the main loop turned within stall_ms (/healthz). */
+int metrics_healthy(mw_metrics *m);
+
+/* True when connected to Kafka and PostgreSQL (partitions assigned or waiting for them) and
+ * the main loop turned within half of stall_ms. */
 int metrics_ready(mw_metrics *m);
 
 /* Prometheus text exposition format 0.0.4. */
