@@ -6,7 +6,9 @@
 #   run.sh [--items N] [--smoke] [--phases main,curves,backlog]
 #     phases (default all three, ~15 min): main (the contenders' table), curves (scale curves),
 #     backlog (peak RSS with 5M items waiting); a run without main merges into latest.*.
-#     --smoke: main only, 50,000 items, quick; non-zero exit on any failure
+#     --smoke: main only, 50,000 items, quick; non-zero exit on any failure, and when the
+#       worker falls below loose floors: worker/naive 4, worker/ceiling 0.2 (--floor-naive,
+#       --floor-ceiling; the real targets are judged on the full run)
 #   Other options go to bench.py, e.g. --only worker --worker-env TXN_MAX_ITEMS=20000
 #   (results then in tests/bench/results/custom.*; see bench.py --help).
 set -euo pipefail
@@ -21,7 +23,7 @@ while [ $# -gt 0 ]; do
              args+=(--items "$2"); shift 2 ;;
     --items=*) args+=(--items "${1#--items=}"); shift ;;
     --smoke) args+=(--smoke); shift ;;
-    -h|--help) sed -n '2,11p' "$self" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$self" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) args+=("$1"); shift ;;   # more options of bench.py (--only, --worker-env, --seed, ...)
   esac
 done

@@ -11,7 +11,7 @@ build_pkgs=(gcc make pkg-config librdkafka-dev libpq-dev libjson-c-dev uuid-dev
             libcmocka-dev libmicrohttpd-dev)
 test_pkgs=(postgresql kcat openjdk-17-jre-headless maven python3
            python3-confluent-kafka python3-psycopg2 python3-jsonschema python3-yaml
-           prometheus clang openssl)
+           prometheus clang openssl docker-compose)
 
 pkgs=("${build_pkgs[@]}")
 [ "$what" = build ] || pkgs+=("${test_pkgs[@]}")

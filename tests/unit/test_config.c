@@ -22,6 +22,7 @@ static const char *const all_env[] = {
     "KAFKA_BROKERS", "KAFKA_GROUP_ID", "KAFKA_INPUT_TOPIC", "KAFKA_RESULTS_TOPIC",
     "KAFKA_DLQ_TOPIC", "DATABASE_URL", "METRICS_ADDR", "LOG_LEVEL", "MAX_BATCH_ITEMS",
     "TXN_MAX_ITEMS", "TXN_MAX_WAIT_MS", "SHUTDOWN_TIMEOUT_MS", "RETRY_MAX_MS",
+    "DATABASE_CONNECTIONS", "HEALTHZ_STALL_MS",
 };
 
 /* Every test starts (and ends) with none of the settings in the environment. */
@@ -86,6 +87,10 @@ static const setting_row settings[] = {
      "1500", 1500, "42"},
     {"RETRY_MAX_MS", "--retry-max-ms", INT, OFF(retry_max_ms), NULL, 5000,
      "60000", 60000, "42"},
+    {"DATABASE_CONNECTIONS", "--database-connections", INT, OFF(db_connections), NULL, 2,
+     "3", 3, "5"},
+    {"HEALTHZ_STALL_MS", "--healthz-stall-ms", INT, OFF(healthz_stall_ms), NULL, 60000,
+     "1000", 1000, "42000"},
 };
 
 static const char *get_str(const mw_config *c, const setting_row *s) {
@@ -285,12 +290,8 @@ static void test_positional(void **state) {
     config_free(&c);
 }
 
-/*
- * BUG (common/config.c, config_load): "--" should end the options (the code has a branch for
- * it, and `validate -- -file.json` is the usual way to name a file that starts with '-'), but
- * that branch is only reached for arguments that do not start with "--", so "--" itself is
- * reported as "unknown option --". This test asserts the intended behaviour.
- */
+/* "--" ends the options: everything after it is positional, even what looks like a flag,
+ * -X or --help (`validate -- -file.json` names a file that starts with '-'). */
 static void test_double_dash_ends_options(void **state) {
     (void)state;
     mw_config c;
@@ -345,6 +346,12 @@ static const struct {
     {"empty integer flag", NULL, NULL, {"--max-batch-items=", NULL}, "MAX_BATCH_ITEMS"},
     {"float integer flag", NULL, NULL, {"--txn-max-items=1.5", NULL}, "TXN_MAX_ITEMS"},
     {"retry below min", NULL, NULL, {"--retry-max-ms=9", NULL}, "RETRY_MAX_MS"},
+    {"connections below min", NULL, NULL, {"--database-connections=0", NULL},
+     "DATABASE_CONNECTIONS"},
+    {"connections above max", NULL, NULL, {"--database-connections=9", NULL},
+     "DATABASE_CONNECTIONS"},
+    {"connections env above max", "DATABASE_CONNECTIONS", "9", {NULL}, "DATABASE_CONNECTIONS"},
+    {"negative connections env", "DATABASE_CONNECTIONS", "-2", {NULL}, "DATABASE_CONNECTIONS"},
     {"bad log level env", "LOG_LEVEL", "loud", {NULL}, "LOG_LEVEL"},
     {"bad log level flag", NULL, NULL, {"--log-level=verbose", NULL}, "LOG_LEVEL"},
     {"bad flag over good env", "MAX_BATCH_ITEMS", "5", {"--max-batch-items=x", NULL},
@@ -376,15 +383,20 @@ static void test_int_bounds(void **state) {
     char err[256];
     assert_int_equal(load(&c, err, sizeof err,
                           ARGV("--max-batch-items=1", "--txn-max-items=1000000",
-                               "--txn-max-wait-ms=60000", "--retry-max-ms=10")),
+                               "--txn-max-wait-ms=60000", "--retry-max-ms=10",
+                               "--database-connections=1")),
                      CONFIG_OK);
     assert_int_equal(c.max_batch_items, 1);
     assert_int_equal(c.txn_max_items, 1000000);
     assert_int_equal(c.txn_max_wait_ms, 60000);
     assert_int_equal(c.retry_max_ms, 10);
+    assert_int_equal(c.db_connections, 1);
     config_free(&c);
-    assert_int_equal(load(&c, err, sizeof err, ARGV("--max-batch-items=1000000")), CONFIG_OK);
+    assert_int_equal(load(&c, err, sizeof err,
+                          ARGV("--max-batch-items=1000000", "--database-connections=8")),
+                     CONFIG_OK);
     assert_int_equal(c.max_batch_items, 1000000);
+    assert_int_equal(c.db_connections, 8);
     config_free(&c);
 }
 
@@ -407,6 +419,34 @@ static void test_usage(void **state) {
     free(text);
 }
 
+/* The table above covers every setting: each variable the usage lists (one line per
+ * setting, "  --flag  VARIABLE  help") has its row here. */
+static void test_table_covers_every_setting(void **state) {
+    (void)state;
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    assert_non_null(f);
+    config_usage(f);
+    fclose(f);
+    int listed = 0, missing = 0;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        char flag[64], env[64];
+        if (strncmp(line, "  --", 4) != 0 || sscanf(line, " %63s %63s", flag, env) != 2) continue;
+        listed++;
+        size_t i = 0;
+        while (i < N(settings) && strcmp(settings[i].env, env) != 0) i++;
+        if (i == N(settings)) {
+            print_error("%s (%s) is a setting of common/config.c with no row in test_config.c's "
+                        "settings table\n", env, flag);
+            missing++;
+        }
+    }
+    free(text);
+    assert_int_equal(missing, 0);
+    assert_int_equal(listed, (int)N(settings));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_defaults, clear_env, clear_env),
@@ -423,6 +463,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_errors, clear_env, clear_env),
         cmocka_unit_test_setup_teardown(test_int_bounds, clear_env, clear_env),
         cmocka_unit_test_setup_teardown(test_usage, clear_env, clear_env),
+        cmocka_unit_test_setup_teardown(test_table_covers_every_setting, clear_env, clear_env),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
