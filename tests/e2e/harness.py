@@ -36,12 +36,16 @@ class Worker:
         self.log = tempfile.NamedTemporaryFile(prefix=f"mw-{name}-", suffix=".log", delete=False)
         self.proc = subprocess.Popen([BIN, *args], env=env, stdout=subprocess.DEVNULL,
                                      stderr=self.log)
+        self.stopped_by = None  # the signal stop() sent, None while the test sent none
 
     def stop(self, sig=signal.SIGTERM, timeout=60):
-        """Sends sig and waits; returns the exit status and the seconds taken."""
+        """Sends sig and waits; returns the exit status and the seconds taken. A worker that
+        had already exited gets no signal: its own exit status is returned (so a SIGKILL
+        that finds a worker dead by itself returns that status, not -9)."""
         t0 = time.monotonic()
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
+            self.stopped_by = sig
         rc = self.proc.wait(timeout=timeout)
         return rc, time.monotonic() - t0
 
@@ -82,6 +86,14 @@ class ResultsReader:
                         self.differing.append((self.by_source[k], r))
                 else:
                     self.by_source[k] = r
+
+    def wait_assigned(self, timeout=30):
+        """Polls until the reader has its partitions (a consumer group's first join takes
+        a few seconds), so that counts read afterwards are current."""
+        end = time.monotonic() + timeout
+        while not self.c.assignment() and time.monotonic() < end:
+            self.poll(0.2)
+        return bool(self.c.assignment())
 
     def wait_for(self, n, timeout):
         end = time.monotonic() + timeout
