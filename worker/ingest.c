@@ -874,6 +874,7 @@ static void flush_deliver(ingest *ing, lane *L, bool pipeline) {
             if (now_ms() - wait_start > 1000) keepalive(ing, 0);
         }
     }
+    set_paused(ing, false); /* keepalive paused them: nothing else would resume them */
     drain_flights(ing, false);
     if (next_sync && flush_settle(ing, L, next_st)) flush_deliver(ing, L, false);
 }
