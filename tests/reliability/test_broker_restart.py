@@ -44,8 +44,10 @@ OUTAGES_S = (10, 20)    # broker stopped this long (plus the stop and the start 
 # Measured with worker/kafka.c's settings (6 runs, a busy 2-core machine): read 0.2-0.9 s,
 # caught up 1.0-4.2 s after the broker was back. Before: read 2.5-8 s (more than 3 s in at
 # least one restart of nearly every run), caught up 4-9 s, and 30-31 s after the 20 s stop,
-# which lost the group membership (3 runs of 3).
-RESUME_BOUND_S = 3.0
+# which lost the group membership (3 runs of 3). With another full suite running beside it,
+# a fixed build read 2.5 s after a restart: the bound leaves room for that; the 20 s stop's
+# catch-up (and the partitions kept) are what tell the two apart.
+RESUME_BOUND_S = 5.0
 CATCH_UP_BOUND_S = 10.0
 RESULTS_PARTITIONS = 3  # E2ECase creates the results topic with 3 partitions
 
