@@ -23,6 +23,13 @@ BROKERS = os.environ.get("KAFKA_BROKERS")
 EXAMPLE = os.path.join(ROOT, "schemas", "example-request.json")
 
 
+def stack(cmd):
+    """Runs tests/harness/stack.sh CMD (kafka-stop, kafka-start, pg-stop, pg-start) on the
+    stack the suite runs against (MW_STACK_DIR, from the stack's env file)."""
+    subprocess.run(["bash", os.path.join(ROOT, "tests", "harness", "stack.sh"), cmd,
+                    os.environ.get("MW_STACK_DIR")], check=True, timeout=120)
+
+
 def pg_admin():
     conn = psycopg2.connect(dbname="postgres")
     conn.autocommit = True

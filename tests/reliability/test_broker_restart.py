@@ -25,20 +25,17 @@ reconnect cycle is chance: one restart alone would often miss the old delay.
 
 import json
 import os
-import subprocess
 import sys
-import threading
 import time
 import unittest
 import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "e2e"))
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition  # noqa: E402
-from harness import BROKERS, E2ECase, ResultsReader  # noqa: E402
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition  # noqa: E402
+from harness import BROKERS, ResultsReader, stack  # noqa: E402
 from stream import Stream, table_rows  # noqa: E402
+from test_faults import FaultBase  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STACK = os.environ.get("MW_STACK_DIR")
 
 OUTAGES_S = (10, 20)    # broker stopped this long (plus the stop and the start themselves)
 # Measured with worker/kafka.c's settings (6 runs, a busy 2-core machine): read 0.2-0.9 s,
@@ -64,11 +61,6 @@ def results_of(value):
         return 1
 
 
-def stack(cmd):
-    subprocess.run(["bash", os.path.join(ROOT, "tests", "harness", "stack.sh"), cmd, STACK],
-                   check=True, timeout=120)
-
-
 class AssignedReader(ResultsReader):
     """A ResultsReader that reads every partition by assignment (no group to rejoin after a
     restart) and reconnects within 0.5 s."""
@@ -83,40 +75,8 @@ class AssignedReader(ResultsReader):
         self.differing = []
 
 
-class BrokerRestartTest(E2ECase):
+class BrokerRestartTest(FaultBase):
     partitions = 4
-
-    def start_stream(self, stream, seconds):
-        """Produces the stream in a thread, paced over `seconds`; what falls in an outage
-        waits in the producer and goes as soon as the broker is back."""
-        self.produce_error = None
-        self.produced = 0  # messages handed to the producer so far
-
-        def produce():
-            try:
-                p = Producer({"bootstrap.servers": BROKERS, "enable.idempotence": True,
-                              "linger.ms": 5, "message.max.bytes": 4000000, **FAST_RECONNECT})
-                gap = seconds / max(1, len(stream.messages))
-                t0 = time.monotonic()
-                for i, (part, value) in enumerate(stream.messages):
-                    while True:
-                        try:
-                            p.produce(self.topic, value, partition=part)
-                            self.produced = i + 1
-                            break
-                        except BufferError:
-                            p.poll(0.1)
-                    p.poll(0)
-                    delay = t0 + (i + 1) * gap - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
-                if p.flush(120) != 0:
-                    raise RuntimeError("messages left unflushed")
-            except Exception as e:  # noqa: BLE001 - reported by the test
-                self.produce_error = e
-        t = threading.Thread(target=produce, daemon=True)
-        t.start()
-        return t
 
     def results_end(self, probe):
         """Messages in the results topic (sum of high watermarks); None while the broker
@@ -171,7 +131,7 @@ class BrokerRestartTest(E2ECase):
         stream = Stream(60_000, self.partitions, seed=21)
         reader = AssignedReader(self.results_topic, RESULTS_PARTITIONS)
         w = self.start_worker()
-        producer = self.start_stream(stream, 50)
+        producer = self.start_stream(stream, 50, FAST_RECONNECT)
         figures = []
         for outage_s in OUTAGES_S:
             # Mid-stream: results flowing (and the group settled) before each stop.

@@ -11,7 +11,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -19,12 +18,10 @@ import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "e2e"))
 from confluent_kafka import Producer  # noqa: E402
-from harness import BROKERS, E2ECase, ResultsReader  # noqa: E402
+from harness import BROKERS, E2ECase, ResultsReader, stack  # noqa: E402
 from stream import (Stream, compare_results, compare_sources, table_rows,  # noqa: E402
                     table_sources)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STACK = os.environ.get("MW_STACK_DIR")
 SCALE = float(os.environ.get("MW_FAULT_SCALE", "1"))  # >1 for longer runs by hand
 
 
@@ -33,17 +30,15 @@ def utc_now():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def stack(cmd):
-    subprocess.run(["bash", os.path.join(ROOT, "tests", "harness", "stack.sh"), cmd, STACK],
-                   check=True, timeout=120)
-
-
 class FaultBase(E2ECase):
     partitions = 4
 
-    def start_stream(self, stream, seconds):
-        """Produces the stream in a thread, paced over `seconds`."""
+    def start_stream(self, stream, seconds, producer_conf=None):
+        """Produces the stream in a thread, paced over `seconds` (self.produced: messages
+        handed to the producer so far; what falls in a broker outage waits in the producer
+        and goes as soon as the broker is back)."""
         self.produce_error = None
+        self.produced = 0
 
         def produce():
             try:
@@ -53,13 +48,14 @@ class FaultBase(E2ECase):
 
         def produce_all():
             p = Producer({"bootstrap.servers": BROKERS, "enable.idempotence": True,
-                          "linger.ms": 5, "message.max.bytes": 4000000})
+                          "linger.ms": 5, "message.max.bytes": 4000000, **(producer_conf or {})})
             gap = seconds / max(1, len(stream.messages))
             t0 = time.monotonic()
             for i, (part, value) in enumerate(stream.messages):
                 while True:
                     try:
                         p.produce(self.topic, value, partition=part)
+                        self.produced = i + 1
                         break
                     except BufferError:
                         p.poll(0.1)

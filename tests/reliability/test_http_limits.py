@@ -16,6 +16,7 @@ import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "e2e"))
 from harness import E2ECase  # noqa: E402
+from test_ops import free_port  # noqa: E402
 
 FLOOD_SOURCE = "127.0.0.2"   # the whole 127.0.0.0/8 is loopback
 PROBE_SOURCE = "127.0.0.1"
@@ -24,14 +25,6 @@ FLOOD_SECONDS = 18
 DRIP_EVERY = 2.0             # one header byte per connection every 2 s
 PROBE_TIMEOUT = 2.0
 MAX_HELD_FROM_ONE_SOURCE = 64  # one address must not be able to take (nearly) every slot
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def probe(host, port):

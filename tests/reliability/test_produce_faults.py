@@ -10,7 +10,6 @@ real broker:
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import unittest
@@ -19,16 +18,9 @@ import uuid
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "e2e"))
 from confluent_kafka import Consumer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
-from harness import BROKERS, E2ECase, ResultsReader  # noqa: E402
+from harness import BROKERS, E2ECase, ResultsReader, stack  # noqa: E402
 from test_ops import free_port, get, metric  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STACK = os.environ.get("MW_STACK_DIR")
-
-
-def stack(cmd):
-    subprocess.run(["bash", os.path.join(ROOT, "tests", "harness", "stack.sh"), cmd, STACK],
-                   check=True, timeout=120)
 
 
 def item(i, **kw):

@@ -27,53 +27,21 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import unittest
-import urllib.error
-import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "e2e"))
 import psycopg2  # noqa: E402
 from confluent_kafka import Consumer, KafkaException, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # noqa: E402
-from harness import BROKERS, E2ECase, ResultsReader, pg_admin  # noqa: E402
+from harness import BROKERS, E2ECase, ResultsReader, pg_admin, stack  # noqa: E402
 from stream import Stream, table_rows  # noqa: E402
+from test_ops import free_port, get, metric  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STACK = os.environ.get("MW_STACK_DIR")
 MAX_BATCH_ITEMS = 10000
-
-
-def stack(cmd):
-    subprocess.run(["bash", os.path.join(ROOT, "tests", "harness", "stack.sh"), cmd, STACK],
-                   check=True, timeout=120)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def get(url):
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def metric(text, name):
-    for line in text.splitlines():
-        if line.startswith(f"metadata_worker_{name} "):
-            return float(line.split()[1])
-    return None
 
 
 def committed(group, topic, partitions):
@@ -155,7 +123,7 @@ class ExtraBroker:
     the cluster keeps the registration of a stopped broker."""
 
     def __init__(self):
-        kdir = os.path.join(STACK, "kafka")
+        kdir = os.path.join(os.environ["MW_STACK_DIR"], "kafka")
         props = read_properties(os.path.join(kdir, "server.properties"))
         meta = read_properties(os.path.join(kdir, "logs", "meta.properties"))
         self.node = random.randint(100, 30000)
