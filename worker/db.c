@@ -56,22 +56,19 @@ static void copy_msg(char *errstr, size_t errstr_size, const char *prefix, const
  * password: every quoted token is replaced, but for libpq's own one-character tokens. */
 static void scrub_quoted(const char *msg, char *out, size_t out_size) {
     size_t o = 0;
-    for (const char *p = msg; *p && o + 4 < out_size;) {
+    for (const char *p = msg; *p && o + 1 < out_size;) {
         if (*p != '"') {
             out[o++] = *p++;
             continue;
         }
         const char *end = strchr(p + 1, '"');
         if (!end) break;
-        bool keep = end - p == 2 && strchr("=]", p[1]);
-        const char *tok = keep ? "\"\0" : "\"…\"";
-        if (keep) {
-            out[o++] = '"';
-            out[o++] = p[1];
-            out[o++] = '"';
-        } else {
-            for (; *tok && o + 1 < out_size; tok++) out[o++] = *tok;
-        }
+        /* libpq's own one-character tokens ("=", "]") stay; any other may be a secret. */
+        const char *tok = end - p == 2 && strchr("=]", p[1]) ? NULL : "\"…\"";
+        size_t n = tok ? strlen(tok) : 3;
+        if (o + n >= out_size) break;
+        memcpy(out + o, tok ? tok : p, n);
+        o += n;
         p = end + 1;
     }
     while (o && (out[o - 1] == '\n' || out[o - 1] == ' ')) o--;

@@ -400,16 +400,22 @@ static void test_int_bounds(void **state) {
     config_free(&c);
 }
 
-/* The usage lists every flag and variable but never a current value (they may be secrets). */
-static void test_usage(void **state) {
-    (void)state;
-    setenv("DATABASE_URL", "postgresql://u:hunter2@db/x", 1);
+/* config_usage's text (caller frees). */
+static char *usage_text(void) {
     char *text = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&text, &len);
     assert_non_null(f);
     config_usage(f);
     fclose(f);
+    return text;
+}
+
+/* The usage lists every flag and variable but never a current value (they may be secrets). */
+static void test_usage(void **state) {
+    (void)state;
+    setenv("DATABASE_URL", "postgresql://u:hunter2@db/x", 1);
+    char *text = usage_text();
     for (size_t i = 0; i < N(settings); i++) {
         assert_non_null(strstr(text, settings[i].env));
         assert_non_null(strstr(text, settings[i].flag));
@@ -423,12 +429,7 @@ static void test_usage(void **state) {
  * setting, "  --flag  VARIABLE  help") has its row here. */
 static void test_table_covers_every_setting(void **state) {
     (void)state;
-    char *text = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&text, &len);
-    assert_non_null(f);
-    config_usage(f);
-    fclose(f);
+    char *text = usage_text();
     int listed = 0, missing = 0;
     for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
         char flag[64], env[64];
