@@ -14,6 +14,7 @@ enum err_class sqlstate_class(const char *s) {
         "57P01", "57P02", "57P03", /* admin/crash shutdown, cannot connect now */
         "25P03", /* idle_in_transaction_session_timeout */
         "XX000", /* internal_error: worth one more try */
+        "MW001", /* merged rows for a table with rules of its own (schema 4): send generations */
         NULL};
     for (int i = 0; transient[i]; i++)
         if (strcmp(s, transient[i]) == 0) return ERR_TRANSIENT;

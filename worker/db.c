@@ -378,6 +378,16 @@ enum db_status db_check_schema(mw_db *db, char *errstr, size_t errstr_size) {
     return DB_OK;
 }
 
+enum db_status db_table_plain(mw_db *db, int *plain, char *errstr, size_t errstr_size) {
+    PGresult *res = NULL;
+    enum db_status st = exec(db, "SELECT customer_metadata_plain()", 0, NULL, PGRES_TUPLES_OK,
+                             &res, errstr, errstr_size);
+    if (st != DB_OK) return st;
+    *plain = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    return DB_OK;
+}
+
 /* Writes a PostgreSQL array literal of numbers. */
 static char *num_array(const void *v, int n, int is64) {
     size_t cap = (size_t)n * 21 + 3;

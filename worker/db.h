@@ -61,6 +61,12 @@ enum db_status db_migrate(mw_db *db, int *applied, char *errstr, size_t errstr_s
 enum db_status db_check_schema(mw_db *db, char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));
 
+/* Sets *plain when customer_metadata has only the rules of the schema's migrations
+ * (customer_metadata_plain, schema 4): then a key's items may be applied merged into one
+ * row (db_apply with plan_merged_json's document). */
+enum db_status db_table_plain(mw_db *db, int *plain, char *errstr, size_t errstr_size)
+    __attribute__((warn_unused_result));
+
 /* Reads the next and acknowledged offsets recorded for parts[0..n) into next[] and
  * acked[] (-1: none; acked may be NULL). */
 enum db_status db_read_offsets(mw_db *db, const char *group, const char *topic,
@@ -68,7 +74,9 @@ enum db_status db_read_offsets(mw_db *db, const char *group, const char *topic,
                                char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));
 
-/* The happy path: offsets and merged rows in one statement and transaction. */
+/* The happy path: offsets and rows (plan_merged_json's document, or plan_rows_json's
+ * generations) in one statement and transaction. Merged rows for a table that is not plain
+ * fail with SQLSTATE MW001 (DB_TRANSIENT): send the generations. */
 enum db_status db_apply(mw_db *db, const char *group, const char *topic, const mw_offsets *o,
                         const char *rows_doc, char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));

@@ -56,6 +56,7 @@ typedef struct part_state {
 
 #define MAX_TXN_PARTS 1024 /* partitions one transaction may cover */
 #define MAX_LANES 8
+#define PLAIN_REREAD_MS 30000
 
 /* A lane: one PostgreSQL connection and the transaction it applies. Partition p belongs to
  * lane p % n_lanes, so lanes never share a partition: their transactions run side by side
@@ -77,6 +78,7 @@ typedef struct lane {
     int flush_n, flush_items;
     int64_t flush_t0;
     int64_t flush_wait_ms;  /* how long its oldest message had waited when the flush began */
+    bool merged;            /* the statement carries merged rows (else generations) */
     char errstr[1024];
 } lane;
 
@@ -102,6 +104,8 @@ typedef struct ingest {
     mw_http *http;
     bool fatal;
     bool closing;           /* leaving the group: commits must not wait for a coordinator */
+    int plain;              /* customer_metadata_plain() as last read: 1, 0, -1 not read */
+    int64_t plain_read_ms;  /* when */
     char errstr[1024];
 } ingest;
 
@@ -296,7 +300,7 @@ static void keepalive(ingest *ing, int ms) {
 static bool backoff(ingest *ing, int attempt, const char *what, const char *error) {
     int64_t d = backoff_ms(ing, attempt);
     d = d / 2 + rand() % (d / 2 + 1); /* jitter: workers do not retry in step */
-    if (strcmp(what, "database") == 0) atomic_fetch_add(&ing->m->db_retries, 1);
+    if (strcmp(what, "database") == 0) metrics_count_db_retry(ing->m, error);
     log_write(attempt > 2 ? LOG_WARN : LOG_INFO, "retrying", LF_S("what", what),
               LF_S("error", error), LF_I("attempt", attempt), LF_I("delay_ms", d), LF_END);
     keepalive(ing, (int)d);
@@ -421,8 +425,23 @@ static enum db_status prepare(ingest *ing, lane *L, bool *empty) {
         snprintf(L->errstr, sizeof L->errstr, "out of memory");
         return DB_TRANSIENT;
     }
+    /* Merged rows when the table is plain (schema 4), re-read every PLAIN_REREAD_MS: an
+     * owner may add or drop rules of their own at any time (the database checks again). */
+    if (ing->plain < 0 || now_ms() - ing->plain_read_ms >= PLAIN_REREAD_MS) {
+        int plain;
+        st = db_table_plain(L->db, &plain, L->errstr, sizeof L->errstr);
+        if (st != DB_OK) return st;
+        if (plain != ing->plain)
+            log_write(LOG_INFO, plain ? "customer_metadata is plain: a key's items are merged into one row per transaction"
+                                      : "customer_metadata has rules of its own: items apply one by one, in generations",
+                      LF_END);
+        ing->plain = plain;
+        ing->plain_read_ms = now_ms();
+    }
+    L->merged = ing->plain == 1;
     jsonw_reset(&L->doc);
-    plan_rows_json(&L->plan, &L->doc);
+    if (L->merged) plan_merged_json(&L->plan, &L->doc);
+    else plan_rows_json(&L->plan, &L->doc);
     if (L->doc.oom) {
         snprintf(L->errstr, sizeof L->errstr, "out of memory");
         return DB_TRANSIENT;
@@ -444,7 +463,7 @@ static enum db_status applied(ingest *ing, lane *L, enum db_status st) {
         log_write(LOG_WARN, "PostgreSQL refused an item: applying the batch item by item",
                   LF_S("error", L->errstr), LF_I("items", L->plan.n_items), LF_END);
         jsonw_reset(&L->doc);
-        plan_items_json(&L->plan, &L->doc);
+        plan_isolated_json(&L->plan, &L->doc);
         if (L->doc.oom) snprintf(L->errstr, sizeof L->errstr, "out of memory");
         st = L->doc.oom ? DB_TRANSIENT
                         : db_apply_isolated(L->db, ing->cfg->group_id, ing->cfg->input_topic,
@@ -821,6 +840,14 @@ static bool flush_settle(ingest *ing, lane *L, enum db_status st) {
             ing->fatal = true;
             break;
         }
+        if (L->merged && strncmp(L->errstr, "MW001", 5) == 0) {
+            /* The table stopped being plain since it was read: generations, at once. */
+            log_write(LOG_INFO, "customer_metadata has rules of its own: items apply one by one, in generations",
+                      LF_END);
+            ing->plain = 0;
+            ing->plain_read_ms = now_ms();
+            continue;
+        }
         if (!backoff(ing, attempt, "database", L->errstr)) break;
     }
     log_write(LOG_WARN, "batch abandoned: its messages will be consumed again",
@@ -847,6 +874,7 @@ static bool flush_start(ingest *ing, lane *L, enum db_status *st);
 static void flush_deliver(ingest *ing, lane *L, bool pipeline) {
     int64_t t1 = now_ms(), t0 = L->flush_t0, waited = L->flush_wait_ms;
     int n = L->flush_n, items = L->flush_items;
+    int rows = L->merged ? L->plan.n_rows : L->plan.n_items; /* row versions written */
     flight *f = flight_take(ing, L);
     if (!f) {
         log_write(LOG_ERROR, "out of memory", LF_END);
@@ -860,7 +888,7 @@ static void flush_deliver(ingest *ing, lane *L, bool pipeline) {
     bool next_sync = pipeline && !ing->paused && flush_due(ing, L) && flush_start(ing, L, &next_st);
     produce_results(ing, f);
     set_paused(ing, false);
-    log_write(LOG_DEBUG, "batch done", LF_I("messages", n), LF_I("items", items),
+    log_write(LOG_DEBUG, "batch done", LF_I("messages", n), LF_I("items", items), LF_I("rows", rows),
               LF_I("wait_ms", waited), LF_I("db_ms", t1 - t0), LF_I("total_ms", now_ms() - t0),
               LF_I("connection", L->id), LF_END);
     /* Bounded memory: at most one transaction per lane awaits its acknowledgements. */
@@ -1165,6 +1193,7 @@ int ingest_run(const mw_config *cfg, volatile sig_atomic_t *run) {
     memset(ing, 0, sizeof *ing);
     ing->cfg = cfg;
     ing->run = run;
+    ing->plain = -1;
     jsonw_init(&ing->out);
     int rc = 1;
     srand((unsigned)time(NULL) ^ (unsigned)getpid());

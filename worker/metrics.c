@@ -4,6 +4,7 @@
 #include <json-c/json.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -173,6 +174,23 @@ static void hist(jsonw *out, const char *name, const char *help, mw_hist *h) {
     line(out, "metadata_worker_%s_count %llu\n", name, cum);
 }
 
+void metrics_count_db_retry(mw_metrics *m, const char *error) {
+    static const char *const states[] = {[RR_DEADLOCK] = "40P01", [RR_UNIQUE] = "23505",
+                                         [RR_SERIALIZATION] = "40001"};
+    int r = RR_CONNECTION;
+    /* classify() writes "SQLSTATE: message"; a SQLSTATE is five digits or capitals. */
+    bool has_state = error && strlen(error) >= 7 && error[5] == ':' && error[6] == ' ';
+    for (int i = 0; has_state && i < 5; i++)
+        if (!((error[i] >= '0' && error[i] <= '9') || (error[i] >= 'A' && error[i] <= 'Z')))
+            has_state = false;
+    if (has_state) {
+        r = RR_OTHER;
+        for (int i = 0; i < RR_OTHER; i++)
+            if (strncmp(error, states[i], 5) == 0) r = i;
+    }
+    atomic_fetch_add(&m->db_retries[r], 1);
+}
+
 void metrics_render(mw_metrics *m, const char *version, jsonw *out) {
     head(out, "build_info", "gauge", "Build information.");
     line(out, "metadata_worker_build_info{version=\"%s\"} 1\n", version);
@@ -201,8 +219,13 @@ void metrics_render(mw_metrics *m, const char *version, jsonw *out) {
             atomic_load(&m->results_failed));
     counter(out, "db_transactions_total", "Database transactions committed.",
             atomic_load(&m->db_transactions));
-    counter(out, "db_retries_total", "Database attempts retried after an error.",
-            atomic_load(&m->db_retries));
+    head(out, "db_retries_total", "counter",
+         "Database attempts retried after an error, by SQLSTATE (40P01 deadlock, 23505 a key "
+         "another writer inserted first, 40001 offsets moved; other; none: connection failed).");
+    static const char *const reasons[RR_COUNT] = {"40P01", "23505", "40001", "other", "none"};
+    for (int i = 0; i < RR_COUNT; i++)
+        line(out, "metadata_worker_db_retries_total{sqlstate=\"%s\"} %llu\n", reasons[i],
+             atomic_load(&m->db_retries[i]));
     head(out, "db_errors_total", "counter", "Database errors by class.");
     static const char *const classes[DBC_COUNT] = {"transient", "data", "fatal"};
     for (int i = 0; i < DBC_COUNT; i++)

@@ -25,6 +25,11 @@ typedef struct mw_hist {
 
 enum mw_item_outcome { OUT_OK, OUT_BAD_PARAMS, OUT_DB_REJECTED, OUT_COUNT };
 enum mw_db_class { DBC_TRANSIENT, DBC_DATA, DBC_FATAL, DBC_COUNT };
+/* Why a database attempt was retried: the SQLSTATEs concurrent writers cause (deadlock,
+ * a key inserted by another writer first, offsets moved by another worker), any other
+ * SQLSTATE, or none (the connection failed). */
+enum mw_retry_reason { RR_DEADLOCK, RR_UNIQUE, RR_SERIALIZATION, RR_OTHER, RR_CONNECTION,
+                       RR_COUNT };
 
 typedef struct mw_metrics {
     atomic_ullong messages_consumed;
@@ -34,7 +39,7 @@ typedef struct mw_metrics {
     atomic_ullong results_produced;
     atomic_ullong results_failed;
     atomic_ullong db_transactions;
-    atomic_ullong db_retries;
+    atomic_ullong db_retries[RR_COUNT];
     atomic_ullong db_errors[DBC_COUNT];
     atomic_ullong replayed_messages;
     atomic_ullong rebalances;
@@ -55,6 +60,10 @@ mw_metrics *metrics_new(void);
 void metrics_destroy(mw_metrics *m);
 
 void metrics_observe(mw_hist *h, double v);
+
+/* Counts one retried database attempt whose error began with its SQLSTATE ("40P01: …");
+ * an error without one (a connection failure) counts as RR_CONNECTION. */
+void metrics_count_db_retry(mw_metrics *m, const char *error);
 
 /* Replaces the per-partition consumer lag from librdkafka's statistics JSON; also sets
  * kafka_up from the brokers' states. */

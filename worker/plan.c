@@ -2,6 +2,7 @@
  * generations, and the items one by one); see plan.h. */
 #include "plan.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -127,11 +128,15 @@ static const char *const doc_keys[F_COUNT] = {
     [F_COUNTRY] = "country", [F_STATE] = "state", [F_ZIP] = "zip",
 };
 
-/* Gathers the attributes patch of one item into p->pairs, and marks in p->order[i] (1/0)
- * the entries that stay: the last of each name (within one item, the last duplicate name
- * wins). Returns the number of entries, or -1 out of memory. */
-static int compose(mw_plan *p, const mw_item *it) {
-    int k = it->n_attrs;
+/* Gathers the attributes patch of item `first` (chain: of it and the items of its key after
+ * it, composed in order) into p->pairs, and marks in p->order[i] (1/0) the entries that
+ * stay: the last of each name (within one item the last duplicate name wins; across items
+ * the later item's setting or removal wins). Returns the number of entries, or -1 out of
+ * memory. */
+static int compose(mw_plan *p, int first, bool chain) {
+    int k = 0;
+    for (int i = first; i >= 0; i = chain ? p->items[i].next_in_row : -1)
+        k += p->items[i].item->n_attrs;
     if (k > p->cap_pairs) {
         const mw_attr **np = realloc(p->pairs, (size_t)k * sizeof *np);
         if (!np) return -1;
@@ -141,7 +146,11 @@ static int compose(mw_plan *p, const mw_item *it) {
         p->order = no;
         p->cap_pairs = k;
     }
-    for (int a = 0; a < k; a++) p->pairs[a] = &it->attrs[a];
+    k = 0;
+    for (int i = first; i >= 0; i = chain ? p->items[i].next_in_row : -1) {
+        const mw_item *it = p->items[i].item;
+        for (int a = 0; a < it->n_attrs; a++) p->pairs[k++] = &it->attrs[a];
+    }
     int *keep = p->order;
     if (k <= 16) {
         for (int i = 0; i < k; i++) {
@@ -173,8 +182,8 @@ static int compose(mw_plan *p, const mw_item *it) {
 /* An attributes patch goes as "aset" (the names it sets, an object) and "adel" (the names
  * it removes, an array, omitted when empty): PostgreSQL then applies it with two jsonb
  * operators, (current - adel) || aset, without a per-row sub-query. */
-static void write_patch(mw_plan *p, jsonw *out, const mw_item *it) {
-    int k = compose(p, it);
+static void write_patch(mw_plan *p, jsonw *out, int first, bool chain) {
+    int k = compose(p, first, chain);
     if (k < 0) {
         out->oom = true;
         return;
@@ -203,47 +212,71 @@ static void write_patch(mw_plan *p, jsonw *out, const mw_item *it) {
     jsonw_raw(out, "]");
 }
 
-/* One item as one record of customer_metadata_merge. */
-static void write_record(mw_plan *p, jsonw *out, const mw_plan_item *pi) {
-    const mw_item *it = pi->item;
+/* Item i as one record of customer_metadata_merge; chain: the composition of item i (the
+ * key's first) and the key's later items: each field as the last item that gives it, the
+ * attributes patches composed, eventId and source of the last item. */
+static void write_record(mw_plan *p, jsonw *out, int i, bool chain) {
+    const mw_plan_item *last = &p->items[i];
+    bool has_attrs = false;
+    const mw_str *f[F_COUNT] = {0};
+    for (int j = i; j >= 0; j = chain ? p->items[j].next_in_row : -1) {
+        const mw_item *it = p->items[j].item;
+        for (int k = 0; k < F_COUNT; k++)
+            if (it->f[k].p) f[k] = &it->f[k];
+        has_attrs |= it->has_attrs;
+        last = &p->items[j];
+    }
     jsonw_elem(out);
     jsonw_raw(out, "{");
     for (int k = 0; k < F_COUNT; k++) {
-        if (!it->f[k].p) continue;
+        if (!f[k]) continue;
         jsonw_key(out, doc_keys[k]);
-        jsonw_strn(out, it->f[k].p, it->f[k].n);
+        jsonw_strn(out, f[k]->p, f[k]->n);
     }
-    if (it->has_attrs) write_patch(p, out, it);
-    jsonw_key(out, "part"); jsonw_int(out, pi->partition);
-    jsonw_key(out, "off"); jsonw_int(out, pi->offset);
-    jsonw_key(out, "idx"); jsonw_int(out, it->index);
+    if (has_attrs) write_patch(p, out, i, chain);
+    jsonw_key(out, "part"); jsonw_int(out, last->partition);
+    jsonw_key(out, "off"); jsonw_int(out, last->offset);
+    jsonw_key(out, "idx"); jsonw_int(out, last->item->index);
     jsonw_raw(out, "}");
 }
 
 /* p->active holds, in key order, the next item of each key that has items left: a
  * generation writes them and replaces each by its key's next item, dropping finished keys.
- * Each step writes one record, so the whole is O(items) whatever the generations. */
-void plan_rows_json(mw_plan *p, jsonw *out) {
+ * Each step writes one record, so the whole is O(items) whatever the generations. nested:
+ * each generation its own array; else one flat array (the slow path's order). */
+static void write_generations(mw_plan *p, jsonw *out, bool nested) {
     int n = p->n_rows;
     for (int r = 0; r < n; r++) p->active[r] = p->rows[r].first;
     jsonw_raw(out, "[");
     while (n > 0) {
-        jsonw_elem(out);
-        jsonw_raw(out, "[");
+        if (nested) {
+            jsonw_elem(out);
+            jsonw_raw(out, "[");
+        }
         int kept = 0;
         for (int j = 0; j < n; j++) {
             int i = p->active[j];
-            write_record(p, out, &p->items[i]);
+            write_record(p, out, i, false);
             if (p->items[i].next_in_row >= 0) p->active[kept++] = p->items[i].next_in_row;
         }
         n = kept;
-        jsonw_raw(out, "]");
+        if (nested) jsonw_raw(out, "]");
     }
     jsonw_raw(out, "]");
 }
 
+void plan_rows_json(mw_plan *p, jsonw *out) { write_generations(p, out, true); }
+
+void plan_isolated_json(mw_plan *p, jsonw *out) { write_generations(p, out, false); }
+
 void plan_items_json(mw_plan *p, jsonw *out) {
     jsonw_raw(out, "[");
-    for (int i = 0; i < p->n_items; i++) write_record(p, out, &p->items[i]);
+    for (int i = 0; i < p->n_items; i++) write_record(p, out, i, false);
+    jsonw_raw(out, "]");
+}
+
+void plan_merged_json(mw_plan *p, jsonw *out) {
+    jsonw_raw(out, "[");
+    for (int r = 0; r < p->n_rows; r++) write_record(p, out, p->rows[r].first, true);
     jsonw_raw(out, "]");
 }

@@ -93,4 +93,17 @@ int plan_merge(mw_plan *p) __attribute__((warn_unused_result));
 void plan_rows_json(mw_plan *p, jsonw *out);
 void plan_items_json(mw_plan *p, jsonw *out);
 
+/* (After plan_merge.) plan_isolated_json: the records of plan_rows_json's generations one
+ * after the other in one flat array: every item on its own, each key's items in order, the
+ * keys of a generation in key order, so the slow path takes its row locks in the same global
+ * order as every other writer. plan_merged_json: one record per key, in key order, composing
+ * the key's items in order: each field as the last item that gives it, the attributes
+ * patches composed (a later setting or removal of a name wins; "aset" absent when no item
+ * had attributes), eventId and source of the key's last item. Applied to a row, it gives the
+ * state of applying the key's items one after the other (SPEC §4) on a table whose rules
+ * accept every intermediate state whenever they accept the last (customer_metadata_plain,
+ * schema 4); it writes one row version per key instead of one per item. */
+void plan_isolated_json(mw_plan *p, jsonw *out);
+void plan_merged_json(mw_plan *p, jsonw *out);
+
 #endif

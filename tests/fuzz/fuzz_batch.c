@@ -28,7 +28,8 @@
  *   - plan_items_json is a strict JSON array of every valid item's own record, in order;
  *     plan_rows_json a strict JSON array of plan.n_gens generations, generation g holding
  *     the g-th record of every key with more than g items, in key order (also when the
- *     batch is added twice: two offsets);
+ *     batch is added twice: two offsets); plan_merged_json one record per key,
+ *     plan_isolated_json one per valid item;
  *   - result_message (every item, or the bad request's one result) and result_response are
  *     strict JSON objects, valid UTF-8, whose strings round-trip the batch's bytes.
  */
@@ -389,6 +390,20 @@ static void check_plan(const mw_batch *b, int times) {
         }
     }
     CHECK((int)total == n_valid, "plan_rows_json: %zu records for %d items", total, n_valid);
+    /* plan_merged_json: one record per key; plan_isolated_json: every item once. */
+    jsonw_reset(&w);
+    plan_merged_json(&plan, &w);
+    json_object *merged = parse_back(&w, json_type_array, "plan_merged_json");
+    CHECK((int)json_object_array_length(merged) == plan.n_rows,
+          "plan_merged_json: %zu records for %d keys", json_object_array_length(merged),
+          plan.n_rows);
+    json_object_put(merged);
+    jsonw_reset(&w);
+    plan_isolated_json(&plan, &w);
+    json_object *iso = parse_back(&w, json_type_array, "plan_isolated_json");
+    CHECK((int)json_object_array_length(iso) == n_valid, "plan_isolated_json: %zu records for %d items",
+          json_object_array_length(iso), n_valid);
+    json_object_put(iso);
     json_object_put(by_key);
     json_object_put(gens);
     json_object_put(items);

@@ -118,6 +118,28 @@ static json_object *items_json(mw_plan *p) {
     return o;
 }
 
+static json_object *doc_json(mw_plan *p, void (*write)(mw_plan *, jsonw *)) {
+    jsonw w;
+    jsonw_init(&w);
+    write(p, &w);
+    json_object *o = parse(&w);
+    jsonw_free(&w);
+    return o;
+}
+
+/* plan_isolated_json is plan_rows_json's generations, one after the other, flat. */
+static void check_isolated(mw_plan *p, json_object *gens) {
+    json_object *flat = json_object_new_array(), *iso = doc_json(p, plan_isolated_json);
+    for (size_t g = 0; g < json_object_array_length(gens); g++) {
+        json_object *gen = json_object_array_get_idx(gens, g);
+        for (size_t r = 0; r < json_object_array_length(gen); r++)
+            json_object_array_add(flat, json_object_get(json_object_array_get_idx(gen, r)));
+    }
+    expect_json("plan_isolated_json", iso, json_object_to_json_string(flat));
+    json_object_put(flat);
+    json_object_put(iso);
+}
+
 static const char *member_str(json_object *rec, const char *name, size_t *n) {
     json_object *v;
     assert_true(json_object_object_get_ex(rec, name, &v));
@@ -337,6 +359,7 @@ static void test_generations_table(void **state) {
             json_object *got = gens_json(&p), *items = items_json(&p);
             if (gen_cases[i].gens[0]) expect_json(gen_cases[i].name, got, gen_cases[i].gens);
             check_generations(&p, got, items);
+            check_isolated(&p, got);
             json_object_put(items);
             json_object *again = gens_json(&p);
             assert_true(json_object_equal(got, again));
@@ -469,6 +492,26 @@ static void many(void **state, int n_items, int n_keys, int n_deep) {
     json_object *gens = gens_json(&p), *items = items_json(&p);
     assert_int_equal(json_object_array_length(items), (size_t)(n_items + n_deep));
     check_generations(&p, gens, items);
+    check_isolated(&p, gens);
+    /* plan_merged_json: one record per key, in key order, with the key's last item. */
+    json_object *merged = doc_json(&p, plan_merged_json);
+    assert_int_equal(json_object_array_length(merged), (size_t)p.n_rows);
+    for (size_t r = 0; r < json_object_array_length(merged); r++) {
+        json_object *rec = json_object_array_get_idx(merged, r), *v;
+        if (r > 0) assert_true(key_cmp(json_object_array_get_idx(merged, r - 1), rec) < 0);
+        size_t n;
+        const char *cid = member_str(rec, "cid", &n), *conv = member_str(rec, "conv", &n);
+        int last;
+        if (strcmp(conv, "deep") == 0) {
+            last = n_items + n_deep - 1;
+        } else {
+            int k = atoi(cid) * 10 + atoi(conv + 1);
+            last = k + (n_items - 1 - k) / n_keys * n_keys;
+        }
+        assert_true(json_object_object_get_ex(rec, "idx", &v));
+        assert_int_equal(json_object_get_int(v), last);
+    }
+    json_object_put(merged);
     /* Generation g: the g-th item of every key with more than g items, so the keys
      * 0..n_keys-1 have item k + g * n_keys, and the deep key its g-th item. */
     for (int g = 0; g < p.n_gens; g++) {
@@ -583,6 +626,70 @@ static void test_json_escaping(void **state) {
     json_object_put(items);
     plan_free(&p);
     batch_free(&b);
+}
+
+/* ---- plan_merged_json ----------------------------------------------------------------- */
+
+/* One record per key composing its items in order (schema 4, for a plain table). */
+static const struct {
+    const char *name;
+    const char *items; /* one message at SRC */
+    const char *merged;
+} merged_cases[] = {
+    {"one item is its own record", IT("c", "k", ",\"eventId\":\"e0\",\"status\":\"s\""),
+     "[" R("c", "k", ",\"eid\":\"e0\",\"status\":\"s\"", 0) "]"},
+    {"each field from the last item that gives it; eventId and source of the last item",
+     IT("c", "k", ",\"eventId\":\"e0\",\"status\":\"a\",\"userId\":\"u\"") ","
+     IT("c", "k", ",\"eventId\":\"e1\",\"status\":null,\"userId\":\"v\"") ","
+     IT("c", "k", ",\"eventId\":\"e2\",\"userId\":null,\"addressZipcode\":null"),
+     "[" R("c", "k", ",\"eid\":\"e2\",\"status\":\"a\",\"uid\":\"v\"", 2) "]"},
+    {"attribute patches compose: a later setting or removal of a name wins",
+     IT("c", "k", ",\"eventId\":\"e0\",\"attributes\":[{\"name\":\"a\",\"value\":\"1\"},"
+                  "{\"name\":\"b\",\"value\":\"2\"},{\"name\":\"d\",\"value\":\"4\"}]") ","
+     IT("c", "k", ",\"eventId\":\"e1\",\"attributes\":[{\"name\":\"b\",\"value\":null},"
+                  "{\"name\":\"c\",\"value\":\"3\"}]") ","
+     IT("c", "k", ",\"eventId\":\"e2\"") ","
+     IT("c", "k", ",\"eventId\":\"e3\",\"attributes\":null") ","
+     IT("c", "k", ",\"eventId\":\"e4\",\"attributes\":[{\"name\":\"a\",\"value\":\"9\"},"
+                  "{\"name\":\"d\",\"value\":null},{\"name\":\"d\",\"value\":\"5\"}]"),
+     "[" R("c", "k", ",\"eid\":\"e4\",\"aset\":{\"a\":\"9\",\"c\":\"3\",\"d\":\"5\"},"
+                     "\"adel\":[\"b\"]", 4) "]"},
+    {"set then removed: only the removal",
+     IT("c", "k", ",\"eventId\":\"e0\",\"attributes\":[{\"name\":\"a\",\"value\":\"x\"}]") ","
+     IT("c", "k", ",\"eventId\":\"e1\",\"attributes\":[{\"name\":\"a\",\"value\":null}]"),
+     "[" R("c", "k", ",\"eid\":\"e1\",\"aset\":{},\"adel\":[\"a\"]", 1) "]"},
+    {"removed then set: only the setting",
+     IT("c", "k", ",\"eventId\":\"e0\",\"attributes\":[{\"name\":\"a\",\"value\":null}]") ","
+     IT("c", "k", ",\"eventId\":\"e1\",\"attributes\":[{\"name\":\"a\",\"value\":\"x\"}]"),
+     "[" R("c", "k", ",\"eid\":\"e1\",\"aset\":{\"a\":\"x\"}", 1) "]"},
+    {"no item with attributes: no aset (the stored map is kept, a new row has none)",
+     IT("c", "k", ",\"eventId\":\"e0\"") "," IT("c", "k", ",\"eventId\":\"e1\",\"attributes\":null"),
+     "[" R("c", "k", ",\"eid\":\"e1\"", 1) "]"},
+    {"an empty attributes array is a patch: aset {} (a new row gets an empty map)",
+     IT("c", "k", ",\"eventId\":\"e0\"") "," IT("c", "k", ",\"eventId\":\"e1\",\"attributes\":[]"),
+     "[" R("c", "k", ",\"eid\":\"e1\",\"aset\":{}", 1) "]"},
+    {"keys in bytewise order, each with its own last item",
+     IT("c", "kb", ",\"eventId\":\"e0\",\"status\":\"x\"") ","
+     IT("c", "ka", ",\"eventId\":\"e1\"") ","
+     IT("c", "kb", ",\"eventId\":\"e2\",\"phoneNumber\":\"p\""),
+     "[" R("c", "ka", ",\"eid\":\"e1\"", 1) ","
+         R("c", "kb", ",\"eid\":\"e2\",\"status\":\"x\",\"phone\":\"p\"", 2) "]"},
+};
+
+static void test_merged_table(void **state) {
+    for (size_t i = 0; i < N(merged_cases); i++) {
+        mw_batch b;
+        decode_at(state, &b, merged_cases[i].items, &SRC);
+        mw_plan p;
+        plan_init(&p);
+        add_batch(&p, &b);
+        assert_int_equal(plan_merge(&p), 0);
+        json_object *got = doc_json(&p, plan_merged_json);
+        expect_json(merged_cases[i].name, got, merged_cases[i].merged);
+        json_object_put(got);
+        plan_free(&p);
+        batch_free(&b);
+    }
 }
 
 /* ---- lifecycle ----------------------------------------------------------------------- */
@@ -756,6 +863,7 @@ int main(void) {
         cmocka_unit_test(test_many_one_key),
         cmocka_unit_test(test_one_deep_key_among_many),
         cmocka_unit_test(test_items_json),
+        cmocka_unit_test(test_merged_table),
         cmocka_unit_test(test_json_escaping),
         cmocka_unit_test(test_empty_plan),
         cmocka_unit_test(test_reset_reuse),
