@@ -1,16 +1,28 @@
-"""The benchmark's input stream and its expected final table state.
+"""The benchmark's input streams and their expected final table states.
 
 A seeded, deterministic stream of batch messages ({"items": [...]}, ITEMS_PER_MSG items each)
 spread round-robin over PARTITIONS partitions: message m goes to partition m % PARTITIONS and,
 on a fresh topic, gets offset m // PARTITIONS there. About 30% of the items reuse an earlier
-key (an update of a row), always on the partition where the key first appeared: keys repeat
-only within a partition, whose order is the only one Kafka defines, so the final table state
-is fully determined and can be computed here with the merge rules of SPEC §4 (State below).
-About 1% of the items are invalid (blank ids, wrong types, too long, bad attributes); they
-never touch the table. Every item carries an eventId.
+key (an update of a row; 70% of those pick one of the 2,000 keys seen last, the others any
+earlier key). About 1% of the items are invalid (blank ids, wrong types, too long, bad
+attributes); they never touch the table. Every item carries an eventId. Two kinds:
 
-    gen.py --items N [--seed S] --brokers HOST:PORT --topic T   produce the stream (standalone)
-    gen.py --items N --describe                                  print the stream's statistics
+  spread    (the default, real traffic: docs/contract.md "Real traffic") an update reuses a key
+            seen before on ANY partition, so one key's items arrive on several partitions and
+            two connections or workers write it at once. Every item sets every field and two
+            attributes with low-cardinality values (3% of them null: a removal). Kafka orders
+            nothing across partitions, so the final row of a key is the state after the last
+            item of ONE of the partitions that carry it: each partition has its own three
+            attribute names (the attributes map is then the same in every interleaving), and
+            the row's fields and eventId are those of that last item. SpreadState computes
+            every such candidate; the table is right when each row is one of its key's
+            candidates.
+  confined  (the earlier default) an update reuses a key first seen on its own partition: keys
+            never cross partitions, so the final state is fully determined (State). Updates
+            set some fields (status 60%, phone 10%, ...), and 2-5 attributes from 22 names.
+
+    gen.py --items N [--seed S] [--kind K] --brokers HOST:PORT --topic T   produce the stream
+    gen.py --items N [--kind K] --describe                           print the stream's statistics
 
 Used by bench.py (import), with Debian's /usr/bin/python3.
 """
@@ -54,13 +66,20 @@ FIELDS = ("eventId", "status", "phoneNumber", "emailAddress", "userId", "address
 # Row tuple: (event_id, status, phone, email, user_id, country, state, zip, attributes,
 #             source_partition, source_offset, source_index)
 N_FIELDS = len(FIELDS)
+KINDS = ("spread", "confined")
+SPREAD_NAMES = 3  # attribute names per partition in the spread stream
 
 
 class Stream:
     """The deterministic stream. messages() may be iterated several times (same output)."""
 
     def __init__(self, n_items, seed=DEFAULT_SEED, partitions=PARTITIONS,
-                 per_msg=ITEMS_PER_MSG, prefix=""):
+                 per_msg=ITEMS_PER_MSG, prefix="", kind="spread"):
+        if kind not in KINDS:
+            raise ValueError(f"stream kind {kind!r}: one of {', '.join(KINDS)}")
+        if kind == "spread" and partitions * SPREAD_NAMES > len(ATTR_NAMES):
+            raise ValueError(f"a spread stream has at most {len(ATTR_NAMES) // SPREAD_NAMES} partitions")
+        self.kind = kind
         self.n_items = n_items
         self.seed = seed
         self.partitions = partitions
@@ -68,12 +87,19 @@ class Stream:
         self.prefix = prefix
         self.n_messages = (n_items + per_msg - 1) // per_msg
 
+    def new_state(self):
+        """An empty expected state for this kind of stream."""
+        return SpreadState() if self.kind == "spread" else State()
+
     def messages(self):
         """Yields (m, partition, offset, items, invalid_flags) in production order."""
         rng = random.Random(self.seed)
         P, pre = self.partitions, self.prefix
-        keys = [[] for _ in range(P)]       # keys first seen on each partition
-        customers = [[] for _ in range(P)]  # customer ids first seen on each partition
+        spread = self.kind == "spread"
+        # Keys (and customer ids) an update may reuse: per partition (confined), or one list
+        # for all partitions (spread).
+        keys = [[] for _ in range(P)] if not spread else [[]] * P
+        customers = [[] for _ in range(P)] if not spread else [[]] * P
         n_conv = n_cust = item_no = 0
         for m in range(self.n_messages):
             p = m % P
@@ -94,7 +120,8 @@ class Stream:
                         k = ks[len(ks) - 1 - int(rng.random() * min(len(ks), 2000))]
                     else:
                         k = ks[int(rng.random() * len(ks))]
-                    items.append(_update_item(rng, eid, k))
+                    items.append(_spread_item(rng, eid, k[0], k[1], None, p) if spread
+                                 else _update_item(rng, eid, k))
                 else:
                     n_conv += 1
                     conv = f"{pre}conv-{n_conv:09d}"
@@ -107,7 +134,8 @@ class Stream:
                                f"{rng.choice(FIRST)}{n_cust}@{rng.choice(DOMAINS)}")
                         cs.append(cid)
                     keys[p].append((cid, conv))
-                    items.append(_new_item(rng, eid, cid, conv, n_cust))
+                    items.append(_spread_item(rng, eid, cid, conv, n_cust, p) if spread
+                                 else _new_item(rng, eid, cid, conv, n_cust))
             yield m, p, m // P, items, invalid
 
     def payloads(self):
@@ -148,6 +176,20 @@ def _new_item(rng, eid, cid, conv, n_cust):
     if rng.random() < 0.85:
         it["attributes"] = _attrs(rng, 2, 5, 0.0)
     return it
+
+
+def _spread_item(rng, eid, cid, conv, n_cust, p):
+    """An item of the spread stream: every field, two of partition p's attribute names."""
+    c, s, z = rng.choice(ADDRESSES)
+    n = n_cust if n_cust is not None else rng.randrange(10**6)
+    names = ATTR_NAMES[p * SPREAD_NAMES:(p + 1) * SPREAD_NAMES]
+    attrs = [{"name": nm, "value": None if rng.random() < 0.03 else rng.choice(ATTR_VALUES)}
+             for nm in rng.sample(names, 2)]
+    return {"externalConversationId": conv, "externalCustomerId": cid, "eventId": eid,
+            "status": rng.choice(STATUSES), "phoneNumber": f"(555)555-{rng.randrange(10000):04d}",
+            "emailAddress": f"{rng.choice(FIRST)}.{rng.choice(LAST)}{n}@{rng.choice(DOMAINS)}",
+            "userId": f"user{rng.randrange(10**7)}", "addressCountry": c, "addressState": s,
+            "addressZipcode": z, "attributes": attrs}
 
 
 def _update_item(rng, eid, key):
@@ -239,16 +281,82 @@ class State:
     def write_copy_file(self, path):
         """Writes the rows in PostgreSQL COPY text format, columns: cid, conv, eid, status,
         phone, email, uid, country, state, zip, attrs (jsonb), part, off, idx."""
-        dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
-        with open(path, "w", encoding="utf-8") as f:
-            w = f.write
-            for (cid, conv), row in self.rows.items():
-                cols = [_copy_text(cid), _copy_text(conv)]
-                cols += [_copy_text(v) for v in row[:N_FIELDS]]
-                cols.append(r"\N" if row[N_FIELDS] is None else _copy_text(dumps(row[N_FIELDS])))
-                cols += [str(row[N_FIELDS + 1]), str(row[N_FIELDS + 2]), str(row[N_FIELDS + 3])]
-                w("\t".join(cols))
-                w("\n")
+        _write_rows(path, self.rows.items())
+
+    def write_candidates_file(self, path):
+        """The rows the table may hold (the same format): here exactly the final rows."""
+        self.write_copy_file(path)
+
+
+class SpreadState:
+    """The expected state of a spread stream. Per key and partition: the state of applying
+    that partition's items of the key alone (fields of its last item, its attribute names'
+    map, its source). A final row is one partition's fields and source with the union of
+    every partition's attributes (their names are disjoint). rows: key -> {partition: entry},
+    the partition of the key's last item in production order first."""
+
+    def __init__(self, rows=None):
+        self.rows = {k: dict(v) for k, v in rows.rows.items()} if rows else {}
+
+    def copy(self):
+        return SpreadState(self)
+
+    def apply(self, item, p, off, idx):
+        key = (item["externalCustomerId"], item["externalConversationId"])
+        per = self.rows.get(key)
+        if per is None:
+            per = self.rows[key] = {}
+        old = per.pop(p, None)
+        row = list(old) if old else [None] * (N_FIELDS + 4)
+        for i, f in enumerate(FIELDS):
+            v = item.get(f)
+            if isinstance(v, str):
+                row[i] = v
+        a = item.get("attributes")
+        if isinstance(a, list):
+            cur = dict(row[N_FIELDS]) if row[N_FIELDS] is not None else {}
+            for e in a:
+                if e.get("value") is None:
+                    cur.pop(e["name"], None)
+                else:
+                    cur[e["name"]] = e["value"]
+            row[N_FIELDS] = cur
+        row[N_FIELDS + 1], row[N_FIELDS + 2], row[N_FIELDS + 3] = p, off, idx
+        # Re-inserted: the dict's last entry is the partition of the key's latest item.
+        per[p] = tuple(row)
+
+    apply_message = State.apply_message
+
+    @staticmethod
+    def _row(per, p):
+        attrs = None
+        for e in per.values():
+            if e[N_FIELDS] is not None:
+                attrs = {**(attrs or {}), **e[N_FIELDS]}
+        r = list(per[p])
+        r[N_FIELDS] = attrs
+        return tuple(r)
+
+    def write_copy_file(self, path):
+        """One final row per key (the interleaving of production order)."""
+        _write_rows(path, ((k, self._row(per, next(reversed(per)))) for k, per in self.rows.items()))
+
+    def write_candidates_file(self, path):
+        """Every row the table may hold: for each key, one per partition carrying it."""
+        _write_rows(path, ((k, self._row(per, p)) for k, per in self.rows.items() for p in per))
+
+
+def _write_rows(path, rows):
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
+    with open(path, "w", encoding="utf-8") as f:
+        w = f.write
+        for (cid, conv), row in rows:
+            cols = [_copy_text(cid), _copy_text(conv)]
+            cols += [_copy_text(v) for v in row[:N_FIELDS]]
+            cols.append(r"\N" if row[N_FIELDS] is None else _copy_text(dumps(row[N_FIELDS])))
+            cols += [str(row[N_FIELDS + 1]), str(row[N_FIELDS + 2]), str(row[N_FIELDS + 3])]
+            w("\t".join(cols))
+            w("\n")
 
 
 def _copy_text(v):
@@ -265,11 +373,12 @@ def main():
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
     ap.add_argument("--brokers")
     ap.add_argument("--topic")
+    ap.add_argument("--kind", choices=KINDS, default="spread")
     ap.add_argument("--describe", action="store_true")
     a = ap.parse_args()
-    s = Stream(a.items, a.seed)
+    s = Stream(a.items, a.seed, kind=a.kind)
     if a.describe or not a.topic:
-        st = State()
+        st = s.new_state()
         invalid = 0
         size = 0
         for m, p, off, payload, items, inv in s.payloads():

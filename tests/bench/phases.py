@@ -263,17 +263,17 @@ def gen_point(ctx, tag, n, per_msg, k):
     """A point on a gen.Stream (empty table); the table is verified afterwards."""
     db = f"bench_{bench.RUN_ID}_{tag}".replace("-", "_")
     topic = f"bench-{bench.RUN_ID}-{tag}-input"
-    stream = gen.Stream(n, ctx["seed"], per_msg=per_msg)
+    stream = gen.Stream(n, ctx["seed"], per_msg=per_msg, kind=ctx["kind"])
     bench.create_topics([(topic, stream.partitions)])
     fresh_db(db)
-    state = gen.State()
+    state = stream.new_state()
     payloads, invalid = [], 0
     for _m, p, off, payload, items, inv in stream.payloads():
         state.apply_message(p, off, items, inv)
         invalid += sum(inv)
         payloads.append((p, payload))
     exp = os.path.join(ctx["workdir"], f"{tag}-expected.copy")
-    state.write_copy_file(exp)
+    state.write_candidates_file(exp)
     log(f"{tag}: {n:,} items in {stream.n_messages:,} messages encoded; {k} worker(s)")
     r = time_workers(ctx, tag, db, topic, payloads, n, k)
     bench.verify(db, exp, tag)
@@ -456,7 +456,7 @@ def run_backlog(ctx, a):
     # message of the backlog carries distinct keys and eventIds.
     marker = b"B000000-"
     tmpl = [payload for _m, _p, _o, payload, _i, _v in
-            gen.Stream(60 * per, ctx["seed"], prefix=marker.decode()).payloads()]
+            gen.Stream(60 * per, ctx["seed"], prefix=marker.decode(), kind=ctx["kind"]).payloads()]
 
     def payloads():
         for j in range(n_msgs):
