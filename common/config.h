@@ -24,6 +24,7 @@ typedef struct mw_config {
     int log_level;
     int max_batch_items;    /* items per message (SPEC §2) */
     int txn_max_items;      /* items gathered into one database transaction */
+    int txn_backlog_items;  /* the same while behind (the previous transaction was full) */
     int txn_max_wait_ms;    /* how long a transaction waits to fill */
     int shutdown_timeout_ms;
     int retry_max_ms;       /* cap of the retry backoff */

@@ -79,6 +79,7 @@ typedef struct lane {
     int64_t flush_t0;
     int64_t flush_wait_ms;  /* how long its oldest message had waited when the flush began */
     bool merged;            /* the statement carries merged rows (else generations) */
+    bool behind;            /* its last transaction was full: the next may grow (backlog) */
     char errstr[1024];
 } lane;
 
@@ -859,6 +860,16 @@ static bool flush_settle(ingest *ing, lane *L, enum db_status st) {
     return false;
 }
 
+/* How many items lane L gathers while its statement runs before it stops consuming and waits
+ * for PostgreSQL. Caught up: TXN_MAX_ITEMS, for short transactions and low latency. Behind
+ * (its last transaction was full): up to TXN_BACKLOG_ITEMS, so that a key's repeated items
+ * merge into one row version before they reach PostgreSQL (issue 10); the pending items are
+ * what bounds the memory. */
+static int txn_cap(const ingest *ing, const lane *L) {
+    int cap = ing->cfg->txn_max_items;
+    return L->behind && ing->cfg->txn_backlog_items > cap ? ing->cfg->txn_backlog_items : cap;
+}
+
 /* Lane L's pending messages make a transaction: enough items, or the oldest waited long
  * enough. */
 static bool flush_due(ingest *ing, const lane *L) {
@@ -932,6 +943,7 @@ static bool flush_start(ingest *ing, lane *L, enum db_status *st) {
     }
     pend_recount(ing);
     if (!L->flush_n) return false;
+    L->behind = L->flush_items >= ing->cfg->txn_max_items;
     L->flush_t0 = now_ms();
     bool empty;
     *st = prepare(ing, L, &empty);
@@ -1259,7 +1271,7 @@ int ingest_run(const mw_config *cfg, volatile sig_atomic_t *run) {
         int n_full = 0;
         for (int l = 0; l < ing->n_lanes; l++) {
             lane *L = &ing->lanes[l];
-            if (L->flushing && L->pend_items >= cfg->txn_max_items)
+            if (L->flushing && L->pend_items >= txn_cap(ing, L))
                 full[n_full++] = (struct pollfd){db_socket(L->db), POLLIN, 0};
         }
         if (n_full) {

@@ -21,7 +21,7 @@
 static const char *const all_env[] = {
     "KAFKA_BROKERS", "KAFKA_GROUP_ID", "KAFKA_INPUT_TOPIC", "KAFKA_RESULTS_TOPIC",
     "KAFKA_DLQ_TOPIC", "DATABASE_URL", "METRICS_ADDR", "LOG_LEVEL", "MAX_BATCH_ITEMS",
-    "TXN_MAX_ITEMS", "TXN_MAX_WAIT_MS", "SHUTDOWN_TIMEOUT_MS", "RETRY_MAX_MS",
+    "TXN_MAX_ITEMS", "TXN_BACKLOG_ITEMS", "TXN_MAX_WAIT_MS", "SHUTDOWN_TIMEOUT_MS", "RETRY_MAX_MS",
     "DATABASE_CONNECTIONS", "HEALTHZ_STALL_MS",
 };
 
@@ -81,6 +81,8 @@ static const setting_row settings[] = {
      "77", 77, "42"},
     {"TXN_MAX_ITEMS", "--txn-max-items", INT, OFF(txn_max_items), NULL, 5000,
      "123", 123, "42"},
+    {"TXN_BACKLOG_ITEMS", "--txn-backlog-items", INT, OFF(txn_backlog_items), NULL, 20000,
+     "40000", 40000, "42"},
     {"TXN_MAX_WAIT_MS", "--txn-max-wait-ms", INT, OFF(txn_max_wait_ms), NULL, 50,
      "0", 0, "42"},
     {"SHUTDOWN_TIMEOUT_MS", "--shutdown-timeout-ms", INT, OFF(shutdown_timeout_ms), NULL, 20000,
