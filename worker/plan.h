@@ -1,7 +1,9 @@
 /*
  * plan: plans the upsert of one database transaction (SPEC §4). Valid items are added in
  * the order they must apply (by offset within a partition, by index within a message).
- * plan_merge groups them by key; plan_rows_json then writes them in generations: generation
+ * plan_merge groups them by key. On a plain table (schema 4) plan_merged_json writes one
+ * composed record per key (see below its declaration); on any other, plan_rows_json writes
+ * them in generations, as follows. Generation
  * g holds the g-th item of every key that has more than g items, each item as its own record
  * (its own fields, attributes patch, eventId and source: nothing is merged across items),
  * the records of a generation in key order. The database applies the generations one after
