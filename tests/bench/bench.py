@@ -11,6 +11,10 @@ table and from a table already holding the final state (the "pre-filled" case):
            synchronous Kafka offset commit per message, one result per item. It processes only
            the first 10% of the stream (at most 100,000 items); its table is checked against
            the state of exactly the messages it applied (a prefix of each partition).
+  flink    the real peer (flink_peer.py; not in --smoke): the Flink SQL job a data engineer would
+           write instead (Kafka source, CROSS JOIN UNNEST(items), JDBC upsert sink into a table of
+           the worker's shape), empty table only, timed from its first item read to the job's end.
+           It validates nothing and replaces fields wholesale: not the same job (README).
   worker   build/metadata-worker (`migrate`, then `run`): start to the moment the results topic
            holds one result per item (sum of its high watermarks, polled every 0.2 s); then, still
            running and caught up, a latency phase (messages paced at half the measured rate;
@@ -61,6 +65,7 @@ import psycopg2
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+import flink_peer
 import gen
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -406,6 +411,38 @@ def run_ceiling(ctx, label, template):
                     "of the final rows"}
 
 
+def run_flink(ctx, label, template):
+    """The real peer (flink_peer.py): Flink SQL into a table of the worker's shape in its own
+    database, on its own copy of the stream. Empty table only; nothing to verify (it replaces
+    fields wholesale and validates nothing), its row count is reported."""
+    db = f"bench_{RUN_ID}_flink_{label}"
+    create_db(db)
+    checkpoint()
+    meter = CpuMeter()
+    pg = {"host": os.environ.get("PGHOST", "127.0.0.1"), "port": os.environ.get("PGPORT", "5432"),
+          "user": os.environ.get("PGUSER", "postgres"), "dbname": db}
+    try:
+        r = flink_peer.run(BROKERS, f"{ctx['topic']}-flink", pg, ctx["valid_items"])
+    except flink_peer.PeerError as e:
+        raise BenchError(f"flink ({label}): {e}")
+    cpu = meter.stop()
+    drop_db(db)
+    n = ctx["valid_items"]
+    log(f"flink ({label}): {n} valid items in {r['first_to_end_s']:.2f}s from its first item "
+        f"({r['items_per_s']:,} items/s; {r['items_per_s_launch']:,} from JVM launch); "
+        f"{r['rows_in_table']} rows; {r['settings']}")
+    return {"contender": f"flink ({label})", "table": label, "items": n,
+            "seconds": r["first_to_end_s"], "items_per_s": r["items_per_s"],
+            "seconds_from_start": r["seconds"], "items_per_s_from_start": r["items_per_s_launch"],
+            "cpu_s_per_m": per_m(r["cpu_s"], n), "peak_rss_mb": r["peak_rss_mb"],
+            "pg_cpu_s_per_m": per_m(cpu["pg"], n),
+            "broker_cpu_s_per_m": per_m(cpu["broker"], n), "other_load_cpu_s": cpu["other"],
+            "flink": r,
+            "note": "valid items / seconds from its first item read to the job's end (the sink's "
+                    "last batch committed); from start: from JVM launch. No validation, no "
+                    "results, fields replaced wholesale: not the same job (README)"}
+
+
 def run_naive(ctx, label, template):
     db = f"bench_{RUN_ID}_naive_{label}"
     if template:
@@ -552,7 +589,9 @@ def batch_stats(log_file, wall_s):
     items = [r.get("items", 0) for r in rows]
     db = [r.get("db_ms", 0) for r in rows]
     tot = [r.get("total_ms", 0) for r in rows]
+    rv = sum(r.get("rows", 0) for r in rows)
     return {"transactions": len(rows), "items_per_txn_mean": sum(items) / len(rows),
+            "row_versions": rv, "row_versions_per_item": rv / max(1, sum(items)),
             "messages_per_txn_mean": sum(r.get("messages", 0) for r in rows) / len(rows),
             "db_ms_sum": sum(db), "total_ms_sum": sum(tot),
             "db_ms_p50": percentile(db, 0.5), "db_ms_p99": percentile(db, 0.99),
@@ -692,7 +731,7 @@ def fmt(v, digits=0):
 
 
 HEADERS = ["contender", "items", "seconds", "items/s", "items/s from start", "worker/ceiling",
-           "worker/naive",
+           "worker/naive", "worker/flink", "DB retries 40P01/23505/other",
            "p50 ms", "p99 ms", "CPU s/M items", "peak RSS MB", "PostgreSQL CPU s/M items",
            "other load"]
 
@@ -705,6 +744,13 @@ def other_load(r):
     return f"{100 * o / (r.get('seconds_from_start', r['seconds']) * (os.cpu_count() or 1)):.0f}%"
 
 
+def retries_text(r):
+    """The worker's database retries by SQLSTATE: deadlocks, duplicate keys, the rest."""
+    if r is None:
+        return ""
+    return f"{r.get('40P01', 0)}/{r.get('23505', 0)}/{sum(v for k, v in r.items() if k not in ('40P01', '23505'))}"
+
+
 def table_rows(rows):
     out = []
     for r in rows:
@@ -712,6 +758,8 @@ def table_rows(rows):
                     fmt(r["items_per_s_from_start"]) if r.get("items_per_s_from_start") else "",
                     fmt(r.get("x_ceiling"), 3) if r.get("x_ceiling") is not None else "",
                     fmt(r.get("x_naive"), 2) if r.get("x_naive") is not None else "",
+                    fmt(r.get("x_flink"), 2) if r.get("x_flink") is not None else "",
+                    retries_text(r.get("db_retries")),
                     fmt(r.get("latency_p50_ms")), fmt(r.get("latency_p99_ms")),
                     fmt(r.get("cpu_s_per_m"), 2), fmt(r.get("peak_rss_mb"), 1),
                     fmt(r.get("pg_cpu_s_per_m"), 1), other_load(r)])
@@ -771,9 +819,10 @@ def main_md(report, rows):
           f"- date: {report['date']}",
           f"- machine: {m['nproc']} CPUs ({m['cpu_model']}), load average at start "
           f"{' '.join(m['loadavg_at_start'])}, at end {' '.join(m['loadavg_at_end'])}",
-          f"- stream: {s['items']:,} items in {s['messages']:,} messages of {s['items_per_message']} "
-          f"over {s['partitions']} partitions, {s['invalid_items']:,} invalid, {s['rows']:,} distinct "
-          f"keys (rows), {s['bytes'] / 1e6:,.0f} MB, seed {s['seed']}",
+          f"- stream: {s.get('kind', 'confined')} (gen.py), {s['items']:,} items in {s['messages']:,} "
+          f"messages of {s['items_per_message']} over {s['partitions']} partitions, "
+          f"{s['invalid_items']:,} invalid, {s['rows']:,} distinct keys (rows), "
+          f"{s['bytes'] / 1e6:,.0f} MB, seed {s['seed']}",
           f"- worker: build/metadata-worker of `{report['worker']['git']}` (sha256 "
           f"{report['worker']['sha256'][:12]}…)",
           "- PostgreSQL and Kafka: the throwaway single-node stack of tests/harness/stack.sh "
@@ -795,6 +844,14 @@ def main_md(report, rows):
           f"{report['latency_msgs']} messages paced at half the measured rate, input CreateTime → "
           "CreateTime of the message's last result. CPU: the worker process only (utime+stime at "
           "the end of the throughput phase); PostgreSQL CPU: the whole cluster over the timed phase.",
+          *(["- flink: Apache Flink SQL (tests/bench/flink_peer.py), valid items / seconds from "
+             "its first item read to the job's end (the JDBC sink's last batch committed); from "
+             "start: from JVM launch. It validates nothing, writes no results and replaces fields "
+             "wholesale: not the same job. Settings: "
+             + next(r["flink"]["settings"] for r in rows if r.get("flink"))]
+            if any(r.get("flink") for r in rows) else []),
+          "- DB retries: the worker's metadata_worker_db_retries_total by SQLSTATE (40P01 "
+          "deadlock, 23505 a key another writer inserted first, other) over its throughput phase.",
           "- ratios compare items/s on the same starting table (empty, or pre-filled with the "
           "stream's final state).",
           "- other load: CPU used during the timed phase by processes outside the benchmark "
@@ -806,7 +863,8 @@ def main_md(report, rows):
         b = r.get("batches")
         if b:
             md.append(f"- {r['contender']}: {b['transactions']} transactions, "
-                      f"{b['items_per_txn_mean']:.0f} items each on average; db_ms sum "
+                      f"{b['items_per_txn_mean']:.0f} items each on average, "
+                      f"{b.get('row_versions_per_item', 0):.3f} row versions written per item; db_ms sum "
                       f"{b['db_ms_sum'] / 1000:.1f}s, total_ms sum {b['total_ms_sum'] / 1000:.1f}s "
                       f"of {r.get('seconds_from_start', r['seconds']):.1f}s wall; total_ms p50 {b['total_ms_p50']} p99 "
                       f"{b['total_ms_p99']}; first result after {r['first_result_s']:.1f}s; "
@@ -916,7 +974,8 @@ def run_main_phase(ctx, report, only):
         ctx["stream"] = stream
         # One copy of the stream per contender that consumes it: the worker's latency phase
         # appends messages to its input topic, which the next consumer must not see.
-        topics = [ctx["topic"] + "-" + c for c in ("naive", "worker-empty", "worker-pre-filled")]
+        copies = ["naive", "worker-empty", "worker-pre-filled"] + (["flink"] if "flink" in only else [])
+        topics = [ctx["topic"] + "-" + c for c in copies]
         create_topics([(t, stream.partitions) for t in topics])
         log(f"producing {n:,} items in {stream.n_messages:,} messages to {len(topics)} topics "
             f"{ctx['topic']}-*")
@@ -944,10 +1003,13 @@ def run_main_phase(ctx, report, only):
         conn.close()
         log(f"template {tmpl} ready")
 
-        runners = {"ceiling": run_ceiling, "worker": run_worker, "naive": run_naive}
-        for c in ("ceiling", "worker", "naive"):
+        runners = {"ceiling": run_ceiling, "worker": run_worker, "naive": run_naive,
+                   "flink": run_flink}
+        for c in ("ceiling", "worker", "naive", "flink"):
             if c in only:
                 for label, template in (("empty", None), ("pre-filled", tmpl)):
+                    if c == "flink" and template:
+                        continue  # its own table, empty only
                     rows.append(runners[c](ctx, label, template))
         by = {r["contender"]: r for r in rows}
         for label in ("empty", "pre-filled"):
@@ -957,12 +1019,15 @@ def run_main_phase(ctx, report, only):
                 w["x_ceiling"] = w["items_per_s"] / c["items_per_s"]
             if w and nv:
                 w["x_naive"] = w["items_per_s"] / nv["items_per_s"]
+            fl = by.get(f"flink ({label})")
+            if w and fl:
+                w["x_flink"] = w["items_per_s"] / fl["items_per_s"]
         drop_db(tmpl)
     except BenchError as e:
         log(f"FAILED: {e}")
         report["failed"] = str(e)
         status = 1
-    order = ["ceiling (empty)", "naive (empty)", "worker (empty)",
+    order = ["ceiling (empty)", "naive (empty)", "flink (empty)", "worker (empty)",
              "ceiling (pre-filled)", "naive (pre-filled)", "worker (pre-filled)"]
     rows.sort(key=lambda r: order.index(r["contender"]))
     report["contenders"] = rows
@@ -994,8 +1059,9 @@ def main():
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--name", help="results file name (default: latest; smoke for --smoke; "
                     "custom with --only or --worker-env)")
-    ap.add_argument("--only", default="ceiling,naive,worker",
-                    help="comma-separated contenders of the main phase (default: all three)")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated contenders of the main phase: ceiling, naive, worker, "
+                    "flink (default: all four; without flink with --smoke)")
     ap.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment for the worker, e.g. TXN_MAX_ITEMS=20000 (repeatable)")
     ap.add_argument("--curve-items", type=int, default=100_000, help="items per curve point")
@@ -1017,9 +1083,10 @@ def main():
     ap.add_argument("--backlog-seconds", type=float, default=60.0,
                     help="longest time the worker drains the backlog while sampled")
     a = ap.parse_args()
-    only = [c.strip() for c in a.only.split(",") if c.strip()]
-    if not only or set(only) - {"ceiling", "naive", "worker"}:
-        ap.error("--only takes ceiling, naive, worker")
+    default_only = "ceiling,naive,worker" if a.smoke else "ceiling,naive,worker,flink"
+    only = [c.strip() for c in (a.only or default_only).split(",") if c.strip()]
+    if not only or set(only) - {"ceiling", "naive", "worker", "flink"}:
+        ap.error("--only takes ceiling, naive, worker, flink")
     phases_arg = a.phases or ("main" if a.smoke else ",".join(PHASES))
     want = [p.strip() for p in phases_arg.split(",") if p.strip()]
     if not want or set(want) - set(PHASES):
@@ -1034,7 +1101,7 @@ def main():
         print("bench: KAFKA_BROKERS is not set: run tests/bench/run.sh", file=sys.stderr)
         return 2
     n = a.items or (50_000 if a.smoke else 1_000_000)
-    name = a.name or ("custom" if worker_env or len(only) < 3 else "smoke" if a.smoke else "latest")
+    name = a.name or ("custom" if worker_env or a.only else "smoke" if a.smoke else "latest")
     stack = os.environ.get("MW_STACK_DIR") or tempfile.gettempdir()
     workdir = tempfile.mkdtemp(prefix="bench-", dir=stack)
     os.chmod(workdir, 0o755)
@@ -1109,7 +1176,7 @@ def main():
             b = r.get("batches")
             if b:
                 print(f"{r['contender']}: {b['transactions']} transactions of {b['items_per_txn_mean']:.0f} "
-                      f"items; in the database {b['db_ms_sum'] / 1000:.1f}s, in flushes "
+                      f"items, {b.get('row_versions_per_item', 0):.3f} row versions per item; in the database {b['db_ms_sum'] / 1000:.1f}s, in flushes "
                       f"{b['total_ms_sum'] / 1000:.1f}s of {r.get('seconds_from_start', r['seconds']):.1f}s; first result after "
                       f"{r['first_result_s']:.1f}s, then {r['steady_items_per_s']:,.0f} items/s")
         if report.get("floors"):
