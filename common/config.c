@@ -43,7 +43,7 @@ static const setting settings[] = {
      "most items one message may hold"},
     {"TXN_MAX_ITEMS", "--txn-max-items", S_INT, OFF(txn_max_items), "5000", 1, 1000000,
      "items gathered into one database transaction"},
-    {"TXN_BACKLOG_ITEMS", "--txn-backlog-items", S_INT, OFF(txn_backlog_items), "10000", 1,
+    {"TXN_BACKLOG_ITEMS", "--txn-backlog-items", S_INT, OFF(txn_backlog_items), "8000", 1,
      1000000, "items one transaction may gather while the worker is behind (repeated keys merge)"},
     {"TXN_MAX_WAIT_MS", "--txn-max-wait-ms", S_INT, OFF(txn_max_wait_ms), "50", 0, 60000,
      "longest wait for a transaction to fill"},

@@ -1064,7 +1064,7 @@ def main():
                     "flink (default: all four; without flink with --smoke)")
     ap.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment for the worker, e.g. TXN_MAX_ITEMS=20000 (repeatable)")
-    ap.add_argument("--curve-items", type=int, default=100_000, help="items per curve point")
+    ap.add_argument("--curve-items", type=int, default=500_000, help="items per curve point")
     ap.add_argument("--curve-items-one", type=int, default=20_000,
                     help="items of the 1-item-per-message point")
     ap.add_argument("--curve-per-msg", type=int_list, default=[1, 10, 100, 1000],

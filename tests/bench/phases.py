@@ -425,6 +425,17 @@ def run_curves(ctx, a):
             add("worker processes", 1, base, shared="items per message = 100")
         else:
             add("worker processes", k, gen_point(ctx, f"curve-workers{k}", n, gen.ITEMS_PER_MSG, k))
+    # The same with one database connection per worker: each worker alone leaves PostgreSQL
+    # CPU to spare, so this curve shows what a worker added brings when there is some (with the
+    # default two connections one worker already keeps this 2-core machine busy).
+    saved = ctx["worker_env"]
+    ctx["worker_env"] = dict(saved, DATABASE_CONNECTIONS="1")
+    try:
+        for k in a.curve_workers:
+            add("worker processes, 1 connection each", k,
+                gen_point(ctx, f"curve-workers{k}-conn1", n, gen.ITEMS_PER_MSG, k))
+    finally:
+        ctx["worker_env"] = saved
     for rows in a.curve_table_rows:
         add("table rows", rows, table_point(ctx, f"curve-rows{rows}", n, rows))
     sec["loadavg_at_end"] = loadavg()
@@ -596,7 +607,7 @@ def md_table(headers, rows):
 def curve_notes(sec):
     notes = []
     for r in sec["points"]:
-        if r["curve"] == "worker processes" and r["workers"] > 1:
+        if r["curve"].startswith("worker processes") and r["workers"] > 1:
             if r.get("join_s") is not None:
                 notes.append(f"{r['workers']} worker processes: the group settled "
                              f"{r['join_s']:.1f}s after their start (left out); partitions held "

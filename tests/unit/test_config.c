@@ -81,7 +81,7 @@ static const setting_row settings[] = {
      "77", 77, "42"},
     {"TXN_MAX_ITEMS", "--txn-max-items", INT, OFF(txn_max_items), NULL, 5000,
      "123", 123, "42"},
-    {"TXN_BACKLOG_ITEMS", "--txn-backlog-items", INT, OFF(txn_backlog_items), NULL, 10000,
+    {"TXN_BACKLOG_ITEMS", "--txn-backlog-items", INT, OFF(txn_backlog_items), NULL, 8000,
      "40000", 40000, "42"},
     {"TXN_MAX_WAIT_MS", "--txn-max-wait-ms", INT, OFF(txn_max_wait_ms), NULL, 50,
      "0", 0, "42"},
