@@ -240,6 +240,26 @@ def _invalid_item(rng, eid, keys, pre, item_no):
     return it
 
 
+def _applied(old, item, p, off, idx):
+    """The row tuple after applying item (SPEC §4) to old (None: no row yet)."""
+    row = list(old) if old else [None] * (N_FIELDS + 4)
+    for i, f in enumerate(FIELDS):
+        v = item.get(f)
+        if isinstance(v, str):
+            row[i] = v
+    a = item.get("attributes")
+    if isinstance(a, list):
+        cur = dict(row[N_FIELDS]) if row[N_FIELDS] is not None else {}
+        for e in a:  # in order: within one item the last duplicate name wins
+            if e.get("value") is None:
+                cur.pop(e["name"], None)
+            else:
+                cur[e["name"]] = e["value"]
+        row[N_FIELDS] = cur
+    row[N_FIELDS + 1], row[N_FIELDS + 2], row[N_FIELDS + 3] = p, off, idx
+    return tuple(row)
+
+
 class State:
     """The table as SPEC §4 defines it: key -> row tuple (see N_FIELDS above). Rows and
     attribute maps are never mutated in place, so copy() is cheap and safe."""
@@ -252,26 +272,7 @@ class State:
 
     def apply(self, item, p, off, idx):
         key = (item["externalCustomerId"], item["externalConversationId"])
-        old = self.rows.get(key)
-        row = list(old) if old else [None] * (N_FIELDS + 4)
-        for i, f in enumerate(FIELDS):
-            v = item.get(f)
-            if isinstance(v, str):
-                row[i] = v
-        a = item.get("attributes")
-        if isinstance(a, list):
-            patch = {}
-            for e in a:
-                patch[e["name"]] = e.get("value")
-            cur = dict(row[N_FIELDS]) if row[N_FIELDS] is not None else {}
-            for n, v in patch.items():
-                if v is None:
-                    cur.pop(n, None)
-                else:
-                    cur[n] = v
-            row[N_FIELDS] = cur
-        row[N_FIELDS + 1], row[N_FIELDS + 2], row[N_FIELDS + 3] = p, off, idx
-        self.rows[key] = tuple(row)
+        self.rows[key] = _applied(self.rows.get(key), item, p, off, idx)
 
     def apply_message(self, p, off, items, invalid):
         for idx, (it, bad) in enumerate(zip(items, invalid)):
@@ -306,24 +307,8 @@ class SpreadState:
         per = self.rows.get(key)
         if per is None:
             per = self.rows[key] = {}
-        old = per.pop(p, None)
-        row = list(old) if old else [None] * (N_FIELDS + 4)
-        for i, f in enumerate(FIELDS):
-            v = item.get(f)
-            if isinstance(v, str):
-                row[i] = v
-        a = item.get("attributes")
-        if isinstance(a, list):
-            cur = dict(row[N_FIELDS]) if row[N_FIELDS] is not None else {}
-            for e in a:
-                if e.get("value") is None:
-                    cur.pop(e["name"], None)
-                else:
-                    cur[e["name"]] = e["value"]
-            row[N_FIELDS] = cur
-        row[N_FIELDS + 1], row[N_FIELDS + 2], row[N_FIELDS + 3] = p, off, idx
         # Re-inserted: the dict's last entry is the partition of the key's latest item.
-        per[p] = tuple(row)
+        per[p] = _applied(per.pop(p, None), item, p, off, idx)
 
     apply_message = State.apply_message
 
