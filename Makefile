@@ -16,7 +16,7 @@ LDLIBS    := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CMOCKA    := $(shell pkg-config --libs cmocka 2>/dev/null)
 SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-COMMON_SRC := common/jsoncheck.c common/log.c common/jsonw.c common/utf8.c common/config.c common/sqlstate.c
+COMMON_SRC := common/jsoncheck.c common/log.c common/jsonw.c common/utf8.c worker/config.c worker/sqlstate.c
 CORE_SRC   := worker/batch.c worker/plan.c worker/result.c
 IO_SRC     := worker/db.c worker/kafka.c worker/ingest.c worker/metrics.c worker/http.c
 LIB_OBJ    := $(patsubst %.c,$(B)/obj/%.o,$(COMMON_SRC) $(CORE_SRC) $(IO_SRC)) $(B)/obj/gen/schemas.o

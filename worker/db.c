@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "../common/log.h"
-#include "../common/sqlstate.h"
+#include "sqlstate.h"
 #include "schemas.h"
 
 struct mw_db {

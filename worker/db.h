@@ -3,7 +3,7 @@
  * migrations, and the calls of the database functions of schemas/ that apply a batch.
  * Every statement is parameterised; no item text is ever spliced into SQL.
  *
- * Each call returns a db_status, classified where the error arises (common/sqlstate):
+ * Each call returns a db_status, classified where the error arises (worker/sqlstate):
  * DB_TRANSIENT (retry later; the connection is reset if it broke), DB_DATA (an item's
  * data was refused), DB_FATAL (schema, permission, configuration: stop). errstr says why.
  *
@@ -15,7 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../common/config.h"
+#include "config.h"
 
 typedef struct mw_db mw_db;
 

@@ -1,5 +1,5 @@
 /*
- * Unit tests of common/sqlstate: PostgreSQL SQLSTATE → transient (retry), data (isolate the
+ * Unit tests of worker/sqlstate: PostgreSQL SQLSTATE → transient (retry), data (isolate the
  * item) or fatal (stop), SPEC §6; and the class names.
  */
 #include <setjmp.h>
@@ -8,7 +8,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "../../common/sqlstate.h"
+#include "../../worker/sqlstate.h"
 
 static const struct {
     const char *code; /* NULL: no code (the connection broke) */
