@@ -310,6 +310,18 @@ class DockerfileTest(unittest.TestCase):
         self.assertIn("/healthz", hc[0])
         self.assertIn("127.0.0.1", hc[0])
 
+    def test_packages_come_from_the_one_list(self):
+        """Every apt-get install reads its packages from deps/packages.txt (no second list)."""
+        installs = [a for a in self.args("RUN") if "apt-get install" in a]
+        self.assertEqual(len(installs), 2, installs)
+        for run, section in zip(installs, ("build", "runtime")):
+            self.assertIn("deps/packages.sh %s)" % section, run)
+            self.assertRegex(run, r"apt-get install [^&]*\$pkgs")
+            pkgs = subprocess.run(["sh", os.path.join(ROOT, "deps", "packages.sh"), section],
+                                  stdout=subprocess.PIPE, universal_newlines=True, check=True)
+            self.assertTrue(pkgs.stdout.split(), section)
+        self.assertIn("deps/ /tmp/deps/", self.args("COPY"))
+
     def test_build_excludes_host_build_dir(self):
         with open(os.path.join(ROOT, ".dockerignore"), encoding="utf-8") as f:
             lines = {l.strip().rstrip("/") for l in f if l.strip() and not l.startswith("#")}

@@ -4,7 +4,8 @@
 #   bash tests/fuzz/build.sh          build when a source is newer than the binary
 #   bash tests/fuzz/build.sh --force  always rebuild
 # Needs clang and its libFuzzer runtime (Debian 12: clang-14 with libclang-rt-14-dev, which
-# provides libclang_rt.fuzzer-x86_64.a); as root it apt-get installs what is missing.
+# provides libclang_rt.fuzzer-x86_64.a): the "fuzz" section of deps/packages.txt, with the
+# "build" section for json-c and uuid; as root it apt-get installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -25,7 +26,7 @@ have_libfuzzer() { # the fuzzer runtime clang would link
 }
 
 if ! have_libfuzzer || ! pkg-config --exists json-c uuid; then
-  pkgs="clang libclang-rt-14-dev pkg-config libjson-c-dev uuid-dev"
+  pkgs=$(sh deps/packages.sh fuzz build | tr '\n' ' ')
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "fuzz: installing $pkgs" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q $pkgs >/dev/null ||
