@@ -2,7 +2,10 @@
 #   make            build build/metadata-worker
 #   make asan       the same and the unit tests under AddressSanitizer + UBSan, in build/asan/
 #   make unit       build and run the unit tests (cmocka; no services)
-#   make test       install what is missing, then unit + end-to-end tests, normal and asan
+#   make check      the unit tests and the command-line tests (tests/cli): no services, < 1 min
+#   make test       install what is missing, then everything (tests/run-all.sh, what .ci/run
+#                   calls): unit, fuzz (120 s), command line, end-to-end, reliability, compose,
+#                   `make run` and benchmark smokes, normal and asan; about 12 minutes
 #   make fuzz       fuzz batch_decode for FUZZ_SECONDS (default 60) under ASan + UBSan
 #   make run        install what is missing, start a local stack, run the worker on it
 #   make bench      the benchmark (see README "Performance")
@@ -14,6 +17,7 @@
 PKGS       := rdkafka libpq json-c uuid libmicrohttpd
 CORE_PKGS  := json-c uuid
 B          ?= build
+PY         ?= /usr/bin/python3
 WARN       := -Wall -Wextra -Wpedantic -Wshadow -Wformat=2 -Werror
 CFLAGS     ?= -O2 -g
 VERSION    := $(shell git describe --always --dirty 2>/dev/null || echo dev)
@@ -43,7 +47,7 @@ IO_OBJ     := $(call obj,$(IO_SRC)) $(B)/obj/gen/schemas.o
 TEST_OBJ   := $(call obj,$(addprefix tests/unit/,$(addsuffix .c,$(UNIT_TESTS))))
 FUZZ_OBJ   := $(call obj,$(FUZZ_SRC))
 
-.PHONY: all asan unit unit-build fuzz fuzz-build fuzz-target test run bench clean deps
+.PHONY: all asan unit unit-build check fuzz fuzz-build fuzz-target test run bench clean deps
 # Objects reached through pattern rules only (the tests') are kept, not deleted as intermediate.
 .SECONDARY:
 
@@ -88,6 +92,10 @@ unit-build: $(addprefix $(B)/tests/,$(UNIT_TESTS))
 
 unit: unit-build
 	@for t in $(addprefix $(B)/tests/,$(UNIT_TESTS)); do echo "== $$t"; ./$$t || exit 1; done
+
+check: all unit
+	@echo "== command line (tests/cli)"
+	@MW_BIN="$(abspath $(B)/metadata-worker)" $(PY) -m unittest discover -s tests/cli -p 'test_*.py'
 
 # The libFuzzer target build/fuzz/fuzz_batch: the same core library, built with clang under
 # ASan + UBSan with coverage instrumentation (fuzzer-no-link); libFuzzer's main is linked
