@@ -6,11 +6,14 @@
 #   docker run --rm -e DATABASE_URL=… metadata-worker migrate
 #   docker run --rm -i metadata-worker validate - < schemas/example-request.json
 
+# Packages: the "build" and "runtime" sections of deps/packages.txt, the list every installer
+# reads. `pkgs=$(…) &&` so that a failing read fails the build instead of installing nothing.
 FROM debian:bookworm AS build
-RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        build-essential pkg-config librdkafka-dev libpq-dev libjson-c-dev uuid-dev libmicrohttpd-dev \
- && rm -rf /var/lib/apt/lists/*
+COPY deps/ /tmp/deps/
+RUN pkgs=$(sh /tmp/deps/packages.sh build) \
+ && apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $pkgs \
+ && rm -rf /var/lib/apt/lists/* /tmp/deps
 WORKDIR /src
 # build/ is excluded by .dockerignore, so nothing built on the host leaks in.
 COPY . .
@@ -18,10 +21,11 @@ RUN make -j"$(nproc)" \
  && ./build/metadata-worker validate schemas/example-request.json >/dev/null
 
 FROM debian:bookworm-slim
-RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        librdkafka1 libpq5 libjson-c5 libuuid1 libmicrohttpd12 ca-certificates curl \
- && rm -rf /var/lib/apt/lists/* \
+COPY deps/ /tmp/deps/
+RUN pkgs=$(sh /tmp/deps/packages.sh runtime) \
+ && apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $pkgs \
+ && rm -rf /var/lib/apt/lists/* /tmp/deps \
  && groupadd --system --gid 10001 worker \
  && useradd --system --uid 10001 --gid worker --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin worker

@@ -1,60 +1,114 @@
 # metadata-worker: see README.md.
 #   make            build build/metadata-worker
-#   make asan       the same under AddressSanitizer + UBSan, in build/asan/
-#   make test       install what is missing, then unit + end-to-end tests, normal and asan
+#   make asan       the same and the unit tests under AddressSanitizer + UBSan, in build/asan/
+#   make unit       build and run the unit tests (cmocka; no services)
+#   make check      the unit tests and the command-line tests (tests/cli): no services, < 1 min
+#   make test       install what is missing, then everything (tests/run-all.sh, what .ci/run
+#                   calls): unit, fuzz (120 s), command line, end-to-end, reliability, compose,
+#                   `make run` and benchmark smokes, normal and asan; about 12 minutes
+#   make fuzz       fuzz batch_decode for FUZZ_SECONDS (default 60) under ASan + UBSan
 #   make run        install what is missing, start a local stack, run the worker on it
 #   make bench      the benchmark (see README "Performance")
+#   make deps       install the Debian packages of deps/packages.txt and Kafka's jars
+#
+# A build folder B (build/, build/asan/, build/fuzz/) holds obj/ (objects and their generated
+# header dependencies, .d), libmwcore.a (the pure core), metadata-worker and tests/.
 
-PKGS      := rdkafka libpq json-c uuid libmicrohttpd
-B         ?= build
-WARN      := -Wall -Wextra -Wpedantic -Wshadow -Wformat=2 -Werror
-CFLAGS    ?= -O2 -g
-VERSION   := $(shell git describe --always --dirty 2>/dev/null || echo dev)
-ALL_CFLAGS = -std=c11 -D_DEFAULT_SOURCE -pthread -DMW_VERSION='"$(VERSION)"' $(WARN) $(CFLAGS) $(SAN_CFLAGS) \
-             $(shell pkg-config --cflags $(PKGS)) -I$(B)/gen -Iworker
-LDLIBS    := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
-CMOCKA    := $(shell pkg-config --libs cmocka 2>/dev/null)
-SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+PKGS       := rdkafka libpq json-c uuid libmicrohttpd
+CORE_PKGS  := json-c uuid
+B          ?= build
+PY         ?= /usr/bin/python3
+WARN       := -Wall -Wextra -Wpedantic -Wshadow -Wformat=2 -Werror
+CFLAGS     ?= -O2 -g
+VERSION    := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+ALL_CFLAGS  = -std=c11 -D_DEFAULT_SOURCE -pthread -DMW_VERSION='"$(VERSION)"' $(WARN) $(CFLAGS) \
+              $(SAN_CFLAGS) $(PKG_CFLAGS) -I$(B)/gen -Iworker
+DEPFLAGS   := -MMD -MP
+LDLIBS     := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CORE_LIBS  := $(shell pkg-config --libs $(CORE_PKGS) 2>/dev/null)
+CMOCKA     := $(shell pkg-config --libs cmocka 2>/dev/null)
+SAN_FLAGS  := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+FUZZ_CC    ?= clang
 
-COMMON_SRC := common/jsoncheck.c common/log.c common/jsonw.c common/utf8.c common/config.c common/sqlstate.c
-CORE_SRC   := worker/batch.c worker/plan.c worker/result.c
-IO_SRC     := worker/db.c worker/kafka.c worker/ingest.c worker/metrics.c worker/http.c
-LIB_OBJ    := $(patsubst %.c,$(B)/obj/%.o,$(COMMON_SRC) $(CORE_SRC) $(IO_SRC)) $(B)/obj/gen/schemas.o
-UNIT_TESTS := test_utf8 test_batch test_plan test_result test_config test_sqlstate
+# The pure core (no I/O; json-c and uuid only), one static library linked by the worker, the
+# unit tests and the fuzz target.
+CORE_SRC   := $(wildcard common/*.c) worker/batch.c worker/plan.c worker/result.c \
+              worker/config.c worker/sqlstate.c
+# The worker's I/O modules: every other worker/*.c but main.c, so a new module needs no edit.
+IO_SRC     := $(filter-out worker/main.c $(CORE_SRC),$(wildcard worker/*.c))
+UNIT_TESTS := $(basename $(notdir $(wildcard tests/unit/test_*.c)))
+FUZZ_SRC   := tests/fuzz/fuzz_batch.c tests/fuzz/ref_decode.c
 
-.PHONY: all asan unit unit-build fuzz fuzz-build test run bench clean deps stack-stop
+obj         = $(patsubst %.c,$(B)/obj/%.o,$(1))
+CORE_LIB   := $(B)/libmwcore.a
+CORE_OBJ   := $(call obj,$(CORE_SRC))
+IO_OBJ     := $(call obj,$(IO_SRC)) $(B)/obj/gen/schemas.o
+TEST_OBJ   := $(call obj,$(addprefix tests/unit/,$(addsuffix .c,$(UNIT_TESTS))))
+FUZZ_OBJ   := $(call obj,$(FUZZ_SRC))
+
+.PHONY: all asan unit unit-build check fuzz fuzz-build fuzz-target test run bench clean deps
+# Objects reached through pattern rules only (the tests') are kept, not deleted as intermediate.
+.SECONDARY:
+
 all: $(B)/metadata-worker
 
-$(B)/metadata-worker: $(B)/obj/worker/main.o $(LIB_OBJ)
+$(B)/metadata-worker: $(B)/obj/worker/main.o $(IO_OBJ) $(CORE_LIB)
 	@echo "  LINK $@"
 	@$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 
-$(B)/obj/%.o: %.c $(wildcard common/*.h worker/*.h)
+$(CORE_LIB): $(CORE_OBJ)
+	@echo "  AR   $@"
+	@rm -f $@
+	@$(AR) rcs $@ $^
+
+# Header dependencies come from the compiler (-MMD -MP, the .d files included below); an
+# edited Makefile rebuilds everything.
+$(B)/obj/%.o: %.c Makefile
 	@mkdir -p $(dir $@)
 	@echo "  CC   $@"
-	@$(CC) $(ALL_CFLAGS) -c -o $@ $<
+	@$(CC) $(ALL_CFLAGS) $(DEPFLAGS) -c -o $@ $<
 
 $(B)/gen/schemas.c: schemas/embed.sh $(sort $(wildcard schemas/[0-9]*.sql))
 	@mkdir -p $(dir $@)
 	sh schemas/embed.sh $(sort $(wildcard schemas/[0-9]*.sql)) > $@
 
-$(B)/obj/gen/schemas.o: $(B)/gen/schemas.c worker/schemas.h
+$(B)/obj/gen/schemas.o: $(B)/gen/schemas.c Makefile
 	@mkdir -p $(dir $@)
 	@echo "  CC   $@"
-	@$(CC) $(ALL_CFLAGS) -c -o $@ $<
+	@$(CC) $(ALL_CFLAGS) $(DEPFLAGS) -c -o $@ $<
 
-$(B)/tests/%: tests/unit/%.c $(LIB_OBJ)
+# A unit test links the core library, json-c/uuid and cmocka only. One that needs more names
+# it, e.g. `$(B)/tests/test_x: $(B)/obj/worker/x.o` and `$(B)/tests/test_x: TEST_LIBS = $(LDLIBS)`.
+$(B)/tests/%: $(B)/obj/tests/unit/%.o $(CORE_LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LINK $@"
-	@$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS) $(CMOCKA)
+	@$(CC) $(ALL_CFLAGS) -o $@ $^ $(TEST_LIBS) $(CORE_LIBS) $(CMOCKA)
 
 asan:
-	$(MAKE) B=build/asan SAN_CFLAGS="$(SAN_FLAGS)" CFLAGS="-O1 -g" all $(addprefix build/asan/tests/,$(UNIT_TESTS))
+	$(MAKE) B=build/asan SAN_CFLAGS="$(SAN_FLAGS)" CFLAGS="-O1 -g" all unit-build
 
 unit-build: $(addprefix $(B)/tests/,$(UNIT_TESTS))
 
 unit: unit-build
 	@for t in $(addprefix $(B)/tests/,$(UNIT_TESTS)); do echo "== $$t"; ./$$t || exit 1; done
+
+check: all unit
+	@echo "== command line (tests/cli)"
+	@MW_BIN="$(abspath $(B)/metadata-worker)" $(PY) -m unittest discover -s tests/cli -p 'test_*.py'
+
+# The libFuzzer target build/fuzz/fuzz_batch: the same core library, built with clang under
+# ASan + UBSan with coverage instrumentation (fuzzer-no-link); libFuzzer's main is linked
+# into the target only. tests/fuzz/build.sh (make fuzz-build) installs clang, then runs this.
+fuzz-target:
+	@$(MAKE) B=build/fuzz CC="$(FUZZ_CC)" CFLAGS="-O1 -g" \
+	  SAN_CFLAGS="$(SAN_FLAGS) -fsanitize=fuzzer-no-link" build/fuzz/fuzz_batch
+
+$(FUZZ_OBJ): ALL_CFLAGS += -Icommon -Itests/fuzz
+
+$(B)/fuzz_batch: $(FUZZ_OBJ) $(CORE_LIB)
+	@echo "  LINK $@"
+	@$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer -o $@ $^ $(CORE_LIBS)
 
 fuzz-build:
 	bash tests/fuzz/build.sh
@@ -79,3 +133,5 @@ bench:
 
 clean:
 	rm -rf build
+
+-include $(patsubst %.o,%.d,$(CORE_OBJ) $(IO_OBJ) $(B)/obj/worker/main.o $(TEST_OBJ) $(FUZZ_OBJ))

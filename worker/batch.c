@@ -50,6 +50,8 @@ void batch_event_id(char out[MW_UUID_STR_LEN + 1], const mw_source *src, int ind
     uuid_unparse_lower(u, out);
 }
 
+static char *fmt_error(const char *prefix, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static char *fmt_error(const char *prefix, const char *fmt, ...) {
     char msg[600];
     va_list ap;
@@ -398,6 +400,7 @@ static int validate_item(const doc *d, mw_item *it, size_t v, const mw_source *s
     return 0;
 }
 
+static int bad_request(mw_batch *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int bad_request(mw_batch *b, const char *fmt, ...) {
     batch_event_id(b->bad_event_id, &b->src, 0);
     char msg[512];

@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "../common/log.h"
-#include "../common/sqlstate.h"
+#include "sqlstate.h"
 #include "schemas.h"
 
 struct mw_db {
@@ -235,7 +235,7 @@ enum db_status db_connect(mw_db *db, char *errstr, size_t errstr_size) {
     char state[6];
     const char *msg = timed_out ? "timeout expired" : PQerrorMessage(c);
     bool has_state = !timed_out && message_sqlstate(msg, state);
-    if (has_state && sqlstate_class(state) != ERR_TRANSIENT) st = DB_FATAL;
+    if (has_state && sqlstate_class(state) != DB_TRANSIENT) st = DB_FATAL;
     /* The server asked for a password and none was given: no retry will find one. */
     if (!timed_out && !has_state && PQconnectionNeedsPassword(c)) st = DB_FATAL;
     connect_message(errstr, errstr_size, msg, has_state ? state : NULL, st == DB_FATAL);
@@ -261,17 +261,13 @@ static enum db_status classify(mw_db *db, PGresult *res, char *errstr, size_t er
         PGresult *r = PQexec(db->conn, "ROLLBACK");
         PQclear(r);
     }
-    switch (sqlstate_class(state)) {
-    case ERR_TRANSIENT: return DB_TRANSIENT;
-    case ERR_DATA:
-        /* Two workers inserting one new key at once is not the data's fault. */
-        if (state && strcmp(state, "23505") == 0) {
-            const char *c = PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME);
-            if (c && strcmp(c, "customer_metadata_pkey") == 0) return DB_TRANSIENT;
-        }
-        return DB_DATA;
-    default: return DB_FATAL;
+    enum db_status st = sqlstate_class(state);
+    /* Two workers inserting one new key at once is not the data's fault. */
+    if (st == DB_DATA && state && strcmp(state, "23505") == 0) {
+        const char *c = PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME);
+        if (c && strcmp(c, "customer_metadata_pkey") == 0) return DB_TRANSIENT;
     }
+    return st;
 }
 
 /* Runs one parameterised statement; on success *out holds the result (caller clears). */

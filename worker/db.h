@@ -3,8 +3,8 @@
  * migrations, and the calls of the database functions of schemas/ that apply a batch.
  * Every statement is parameterised; no item text is ever spliced into SQL.
  *
- * Each call returns a db_status, classified where the error arises (common/sqlstate):
- * DB_TRANSIENT (retry later; the connection is reset if it broke), DB_DATA (an item's
+ * Each call returns a db_status (worker/sqlstate.h), classified where the error arises:
+ * DB_OK, DB_TRANSIENT (retry later; the connection is reset if it broke), DB_DATA (an item's
  * data was refused), DB_FATAL (schema, permission, configuration: stop). errstr says why.
  *
  * Ownership: db_new copies what it needs from the config; db_destroy closes and frees.
@@ -15,11 +15,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../common/config.h"
+#include "config.h"
+#include "sqlstate.h"
 
 typedef struct mw_db mw_db;
-
-enum db_status { DB_OK = 0, DB_TRANSIENT, DB_DATA, DB_FATAL };
 
 /* Offsets moved by one transaction, partitions sorted ascending (lock order). expected[i]
  * is the next offset read before (-1: none recorded), next[i] the one to record, acked[i]

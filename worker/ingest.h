@@ -17,7 +17,7 @@
 
 #include <signal.h>
 
-#include "../common/config.h"
+#include "config.h"
 
 /* Runs until *run becomes 0 (then finishes the batch in hand within
  * SHUTDOWN_TIMEOUT_MS, commits and leaves the group) or a fatal error. Returns the exit

@@ -12,7 +12,7 @@
 
 #include <librdkafka/rdkafka.h>
 
-#include "../common/config.h"
+#include "config.h"
 
 typedef void (*kafka_rebalance_fn)(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                                    rd_kafka_topic_partition_list_t *parts, void *opaque);

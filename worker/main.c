@@ -13,7 +13,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "../common/config.h"
+#include "config.h"
 #include "../common/jsonw.h"
 #include "../common/log.h"
 #include "batch.h"

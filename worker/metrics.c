@@ -227,10 +227,9 @@ void metrics_render(mw_metrics *m, const char *version, jsonw *out) {
         line(out, "metadata_worker_db_retries_total{sqlstate=\"%s\"} %llu\n", reasons[i],
              atomic_load(&m->db_retries[i]));
     head(out, "db_errors_total", "counter", "Database errors by class.");
-    static const char *const classes[DBC_COUNT] = {"transient", "data", "fatal"};
-    for (int i = 0; i < DBC_COUNT; i++)
-        line(out, "metadata_worker_db_errors_total{class=\"%s\"} %llu\n", classes[i],
-             atomic_load(&m->db_errors[i]));
+    for (enum db_status st = DB_TRANSIENT; st <= DB_FATAL; st++)
+        line(out, "metadata_worker_db_errors_total{class=\"%s\"} %llu\n", db_status_name(st),
+             atomic_load(&m->db_errors[st]));
     counter(out, "rebalances_total", "Partition assignments and revocations.",
             atomic_load(&m->rebalances));
     gauge(out, "assigned_partitions", "Partitions assigned to this worker.",

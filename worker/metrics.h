@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "../common/jsonw.h"
+#include "sqlstate.h"
 
 #define MW_HIST_BUCKETS 12
 
@@ -24,7 +25,11 @@ typedef struct mw_hist {
 } mw_hist;
 
 enum mw_item_outcome { OUT_OK, OUT_BAD_PARAMS, OUT_DB_REJECTED, OUT_COUNT };
-enum mw_db_class { DBC_TRANSIENT, DBC_DATA, DBC_FATAL, DBC_COUNT };
+/* Old names of the db_errors indices, kept for worker/ingest.c until its split lands;
+ * new code indexes db_errors by enum db_status directly. */
+#define DBC_TRANSIENT DB_TRANSIENT
+#define DBC_DATA DB_DATA
+#define DBC_FATAL DB_FATAL
 /* Why a database attempt was retried: the SQLSTATEs concurrent writers cause (deadlock,
  * a key inserted by another writer first, offsets moved by another worker), any other
  * SQLSTATE, or none (the connection failed). */
@@ -40,7 +45,7 @@ typedef struct mw_metrics {
     atomic_ullong results_failed;
     atomic_ullong db_transactions;
     atomic_ullong db_retries[RR_COUNT];
-    atomic_ullong db_errors[DBC_COUNT];
+    atomic_ullong db_errors[DB_STATUS_COUNT]; /* by enum db_status; [DB_OK] stays 0 */
     atomic_ullong replayed_messages;
     atomic_ullong rebalances;
     atomic_int assigned_partitions;

@@ -1,4 +1,4 @@
-"""Static checks of docker-compose.yml and the Dockerfile against common/config.c (SPEC §1, §7).
+"""Static checks of docker-compose.yml and the Dockerfile against worker/config.c (SPEC §1, §7).
 
 Run from the repository root with Debian's interpreter:
     /usr/bin/python3 -m unittest discover -s tests/compose -v
@@ -27,7 +27,7 @@ except ImportError as e:  # pragma: no cover - depends on the machine
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 COMPOSE = os.path.join(ROOT, "docker-compose.yml")
 DOCKERFILE = os.path.join(ROOT, "Dockerfile")
-CONFIG_C = os.path.join(ROOT, "common", "config.c")
+CONFIG_C = os.path.join(ROOT, "worker", "config.c")
 
 SERVICES = ("kafka", "kafka-init", "postgres", "migrate", "worker")
 TOPIC_SETTINGS = ("KAFKA_INPUT_TOPIC", "KAFKA_RESULTS_TOPIC", "KAFKA_DLQ_TOPIC")
@@ -54,11 +54,11 @@ def read(path):
 
 def config_settings():
     """{ENV: default or None} from the rows {"ENV", "--flag", TYPE, OFF(x), default, …}
-    of the settings[] table in common/config.c."""
+    of the settings[] table in worker/config.c."""
     src = read(CONFIG_C)
     table = re.search(r"static const setting settings\[\]\s*=\s*\{(.*?)\n\};", src, re.S)
     if not table:
-        raise AssertionError("settings[] table not found in common/config.c")
+        raise AssertionError("settings[] table not found in worker/config.c")
     lit = r'"(?:[^"\\]|\\.)*"'
     rows = re.findall(
         r'\{\s*"([A-Z][A-Z0-9_]*)"\s*,\s*"(--[a-z0-9-]+)"\s*,\s*S_[A-Z]+\s*,\s*OFF\(\w+\)\s*,'
@@ -67,7 +67,7 @@ def config_settings():
     )
     starts = re.findall(r'\{\s*"[A-Z]', table.group(1))
     if len(starts) != len(rows):
-        raise AssertionError("common/config.c: %d settings rows but %d parsed; update the regex"
+        raise AssertionError("worker/config.c: %d settings rows but %d parsed; update the regex"
                              % (len(starts), len(rows)))
     settings = {}
     for env, _flag, raw in rows:
@@ -150,7 +150,7 @@ class ComposeTest(unittest.TestCase):
         for name in ("worker", "migrate"):
             for env in environment(self.services[name]):
                 self.assertIn(env, self.settings,
-                              "%s sets %s, which common/config.c does not read" % (name, env))
+                              "%s sets %s, which worker/config.c does not read" % (name, env))
 
     def test_worker_and_migrate_config(self):
         worker, migrate = self.services["worker"], self.services["migrate"]
@@ -302,13 +302,25 @@ class DockerfileTest(unittest.TestCase):
         self.assertRegex(env, r"\bMETRICS_ADDR=0\.0\.0\.0:9090\b")
         settings = config_settings()
         for name in re.findall(r"\b([A-Z][A-Z0-9_]*)=", env):
-            self.assertIn(name, settings, "ENV %s is not a setting of common/config.c" % name)
+            self.assertIn(name, settings, "ENV %s is not a setting of worker/config.c" % name)
 
     def test_healthcheck(self):
         hc = self.args("HEALTHCHECK")
         self.assertEqual(len(hc), 1)
         self.assertIn("/healthz", hc[0])
         self.assertIn("127.0.0.1", hc[0])
+
+    def test_packages_come_from_the_one_list(self):
+        """Every apt-get install reads its packages from deps/packages.txt (no second list)."""
+        installs = [a for a in self.args("RUN") if "apt-get install" in a]
+        self.assertEqual(len(installs), 2, installs)
+        for run, section in zip(installs, ("build", "runtime")):
+            self.assertIn("deps/packages.sh %s)" % section, run)
+            self.assertRegex(run, r"apt-get install [^&]*\$pkgs")
+            pkgs = subprocess.run(["sh", os.path.join(ROOT, "deps", "packages.sh"), section],
+                                  stdout=subprocess.PIPE, universal_newlines=True, check=True)
+            self.assertTrue(pkgs.stdout.split(), section)
+        self.assertIn("deps/ /tmp/deps/", self.args("COPY"))
 
     def test_build_excludes_host_build_dir(self):
         with open(os.path.join(ROOT, ".dockerignore"), encoding="utf-8") as f:

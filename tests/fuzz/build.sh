@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer target build/fuzz/fuzz_batch (batch_decode and what consumes its
 # output) with clang under AddressSanitizer + UndefinedBehaviorSanitizer.
-#   bash tests/fuzz/build.sh          build when a source is newer than the binary
-#   bash tests/fuzz/build.sh --force  always rebuild
+#   bash tests/fuzz/build.sh          build what is out of date (make fuzz-target)
+#   bash tests/fuzz/build.sh --force  rebuild everything
 # Needs clang and its libFuzzer runtime (Debian 12: clang-14 with libclang-rt-14-dev, which
-# provides libclang_rt.fuzzer-x86_64.a); as root it apt-get installs what is missing.
+# provides libclang_rt.fuzzer-x86_64.a): the "fuzz" section of deps/packages.txt, with the
+# "build" section for json-c and uuid; as root it apt-get installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -25,7 +26,7 @@ have_libfuzzer() { # the fuzzer runtime clang would link
 }
 
 if ! have_libfuzzer || ! pkg-config --exists json-c uuid; then
-  pkgs="clang libclang-rt-14-dev pkg-config libjson-c-dev uuid-dev"
+  pkgs=$(sh deps/packages.sh fuzz build | tr '\n' ' ')
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "fuzz: installing $pkgs" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q $pkgs >/dev/null ||
@@ -39,31 +40,9 @@ if ! have_libfuzzer || ! pkg-config --exists json-c uuid; then
     { echo "fuzz: json-c or uuid headers missing; run: sudo apt-get install $pkgs" >&2; exit 1; }
 fi
 
-srcs=(common/*.c worker/batch.c worker/plan.c worker/result.c)
-if [ $force = 0 ] && [ -x "$bin" ] &&
-   [ -z "$(find "${srcs[@]}" common/*.h worker/*.h tests/fuzz/fuzz_batch.c tests/fuzz/ref_decode.[ch] tests/fuzz/build.sh \
-           -newer "$bin" 2>/dev/null)" ]; then
-  exit 0
-fi
-
-SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
-CFLAGS="-std=c11 -D_DEFAULT_SOURCE -O1 -g -Icommon -Iworker $(pkg-config --cflags json-c uuid)"
-LIBS="$(pkg-config --libs json-c uuid)"
-
-rm -rf "$out/obj"
-mkdir -p "$out/obj"
-objs=()
-for s in "${srcs[@]}"; do
-  o=$out/obj/$(echo "${s%.c}" | tr / _).o
-  # Project code: coverage instrumentation, no libFuzzer main.
-  "$CC" $CFLAGS $SAN -fsanitize=fuzzer-no-link -c -o "$o" "$s"
-  objs+=("$o")
-done
-# An archive, so that only the objects the target needs are linked (common/ holds modules
-# with other dependencies).
-rm -f "$out/libmw.a"
-ar rcs "$out/libmw.a" "${objs[@]}"
-"$CC" $CFLAGS $SAN -fsanitize=fuzzer -Wall -Wextra -Wshadow -Werror \
-  -Itests/fuzz -o "$bin.tmp" tests/fuzz/fuzz_batch.c tests/fuzz/ref_decode.c "$out/libmw.a" $LIBS
-mv "$bin.tmp" "$bin"
-echo "fuzz: built $bin" >&2
+# The build itself is the Makefile's (make fuzz-target): the core library built with clang
+# under ASan + UBSan and coverage instrumentation, linked with libFuzzer into the target;
+# make decides what is out of date from the generated header dependencies.
+[ $force = 1 ] && rm -rf "$out"
+make -s FUZZ_CC="$CC" fuzz-target >&2
+[ -x "$bin" ] || { echo "fuzz: $bin was not built" >&2; exit 1; }

@@ -11,6 +11,7 @@
 #define BAD_REQUEST "FAIL_BAD_REQUEST: ERROR: "
 #define BAD_PARAMS "FAIL_BAD_PARAMS: ERROR: "
 
+static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void fail(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);

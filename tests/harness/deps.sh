@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # Installs what building and testing the worker needs on a fresh Debian machine:
-# Debian packages (when root; otherwise it names what is missing) and Apache Kafka's
-# broker jars from Maven Central into a cache folder reused by later runs.
-# Usage: deps.sh [build|test|all]   (build: compilers and -dev packages only)
+# Debian packages of deps/packages.txt (when root; otherwise it names what is missing) and
+# Apache Kafka's broker jars from Maven Central into a cache folder reused by later runs.
+# Usage: deps.sh [build|test|all]
+#   build     sections build and unit of deps/packages.txt (compilers, -dev packages, cmocka)
+#   test|all  also test and fuzz, and the Kafka jars (prints the jars' folder)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 what=${1:-all}
 
-build_pkgs=(gcc make pkg-config librdkafka-dev libpq-dev libjson-c-dev uuid-dev
-            libcmocka-dev libmicrohttpd-dev)
-test_pkgs=(postgresql kcat openjdk-17-jre-headless maven python3
-           python3-confluent-kafka python3-psycopg2 python3-jsonschema python3-yaml
-           prometheus clang openssl docker-compose)
-
-pkgs=("${build_pkgs[@]}")
-[ "$what" = build ] || pkgs+=("${test_pkgs[@]}")
+case $what in
+  build) sections=(build unit) ;;
+  test|all) sections=(build unit test fuzz) ;;
+  *) echo "usage: $0 [build|test|all]" >&2; exit 2 ;;
+esac
+mapfile -t pkgs < <(sh "$here/../../deps/packages.sh" "${sections[@]}")
+[ ${#pkgs[@]} -gt 0 ] || { echo "deps: no packages read from deps/packages.txt" >&2; exit 1; }
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,5 +1,5 @@
 /*
- * Unit tests of common/config: defaults, environment variables, flags over the environment
+ * Unit tests of worker/config: defaults, environment variables, flags over the environment
  * (--name value and --name=value), -X name=value pass-through, positional arguments, errors.
  */
 #include <setjmp.h>
@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../common/config.h"
+#include "../../worker/config.h"
 #include "../../common/log.h"
 
 #define N(a) (sizeof(a) / sizeof((a)[0]))
@@ -440,7 +440,7 @@ static void test_table_covers_every_setting(void **state) {
         size_t i = 0;
         while (i < N(settings) && strcmp(settings[i].env, env) != 0) i++;
         if (i == N(settings)) {
-            print_error("%s (%s) is a setting of common/config.c with no row in test_config.c's "
+            print_error("%s (%s) is a setting of worker/config.c with no row in test_config.c's "
                         "settings table\n", env, flag);
             missing++;
         }

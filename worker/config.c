@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "log.h"
+#include "../common/log.h"
 
 enum stype { S_STR, S_INT, S_LEVEL };
 

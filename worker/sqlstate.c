@@ -3,8 +3,8 @@
 
 #include <string.h>
 
-enum err_class sqlstate_class(const char *s) {
-    if (!s || strlen(s) != 5) return ERR_TRANSIENT;
+enum db_status sqlstate_class(const char *s) {
+    if (!s || strlen(s) != 5) return DB_TRANSIENT;
     /* Exact codes first. */
     static const char *const transient[] = {
         "40001", /* serialization_failure (also: offsets moved by another worker) */
@@ -17,24 +17,25 @@ enum err_class sqlstate_class(const char *s) {
         "MW001", /* merged rows for a table with rules of its own (schema 4): send generations */
         NULL};
     for (int i = 0; transient[i]; i++)
-        if (strcmp(s, transient[i]) == 0) return ERR_TRANSIENT;
-    if (strcmp(s, "P0001") == 0) return ERR_DATA; /* raise_exception from a user's trigger */
+        if (strcmp(s, transient[i]) == 0) return DB_TRANSIENT;
+    if (strcmp(s, "P0001") == 0) return DB_DATA; /* raise_exception from a user's trigger */
     /* Then classes. */
-    if (strncmp(s, "08", 2) == 0) return ERR_TRANSIENT; /* connection exception */
-    if (strncmp(s, "53", 2) == 0) return ERR_TRANSIENT; /* insufficient resources */
-    if (strncmp(s, "58", 2) == 0) return ERR_TRANSIENT; /* system error (I/O) */
-    if (strncmp(s, "22", 2) == 0) return ERR_DATA;      /* data exception */
-    if (strncmp(s, "23", 2) == 0) return ERR_DATA;      /* integrity constraint violation */
-    if (strncmp(s, "54", 2) == 0) return ERR_DATA;      /* program limit exceeded */
+    if (strncmp(s, "08", 2) == 0) return DB_TRANSIENT; /* connection exception */
+    if (strncmp(s, "53", 2) == 0) return DB_TRANSIENT; /* insufficient resources */
+    if (strncmp(s, "58", 2) == 0) return DB_TRANSIENT; /* system error (I/O) */
+    if (strncmp(s, "22", 2) == 0) return DB_DATA;      /* data exception */
+    if (strncmp(s, "23", 2) == 0) return DB_DATA;      /* integrity constraint violation */
+    if (strncmp(s, "54", 2) == 0) return DB_DATA;      /* program limit exceeded */
     /* 42 (syntax, undefined table, permission), 28 (auth), 3D (no database), and anything
      * unknown: retrying cannot help; stop with a clear message. */
-    return ERR_FATAL;
+    return DB_FATAL;
 }
 
-const char *err_class_name(enum err_class c) {
-    switch (c) {
-    case ERR_TRANSIENT: return "transient";
-    case ERR_DATA: return "data";
+const char *db_status_name(enum db_status st) {
+    switch (st) {
+    case DB_OK: return "ok";
+    case DB_TRANSIENT: return "transient";
+    case DB_DATA: return "data";
     default: return "fatal";
     }
 }
