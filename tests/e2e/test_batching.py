@@ -29,7 +29,7 @@ FIELDS = ["status", "phoneNumber", "emailAddress", "userId", "addressCountry", "
 COLUMNS = ("external_customer_id, external_conversation_id, event_id, status, phone_number,"
            " email_address, user_id, address_country, address_state, address_zipcode,"
            " attributes, source_partition, source_offset, source_index, source_topic")
-ONE_TXN_PER_MESSAGE = {"TXN_MAX_ITEMS": "1", "DATABASE_CONNECTIONS": "1"}
+ONE_TXN_PER_MESSAGE = {"TXN_MAX_ITEMS": "1", "TXN_BACKLOG_ITEMS": "1", "DATABASE_CONNECTIONS": "1"}
 
 
 def item(cust, conv, **fields):
