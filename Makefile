@@ -18,7 +18,7 @@ SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-fr
 
 COMMON_SRC := common/jsoncheck.c common/log.c common/jsonw.c common/utf8.c common/config.c common/sqlstate.c
 CORE_SRC   := worker/batch.c worker/plan.c worker/result.c
-IO_SRC     := worker/db.c worker/kafka.c worker/ingest.c worker/metrics.c worker/http.c
+IO_SRC     := worker/db.c worker/kafka.c worker/ingest.c worker/pending.c worker/partitions.c worker/flow.c worker/txn.c worker/lane.c worker/flight.c worker/metrics.c worker/http.c
 LIB_OBJ    := $(patsubst %.c,$(B)/obj/%.o,$(COMMON_SRC) $(CORE_SRC) $(IO_SRC)) $(B)/obj/gen/schemas.o
 UNIT_TESTS := test_utf8 test_batch test_plan test_result test_config test_sqlstate
 
