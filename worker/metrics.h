@@ -25,11 +25,6 @@ typedef struct mw_hist {
 } mw_hist;
 
 enum mw_item_outcome { OUT_OK, OUT_BAD_PARAMS, OUT_DB_REJECTED, OUT_COUNT };
-/* Old names of the db_errors indices, kept for worker/ingest.c until its split lands;
- * new code indexes db_errors by enum db_status directly. */
-#define DBC_TRANSIENT DB_TRANSIENT
-#define DBC_DATA DB_DATA
-#define DBC_FATAL DB_FATAL
 /* Why a database attempt was retried: the SQLSTATEs concurrent writers cause (deadlock,
  * a key inserted by another writer first, offsets moved by another worker), any other
  * SQLSTATE, or none (the connection failed). */

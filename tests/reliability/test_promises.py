@@ -396,8 +396,8 @@ class PromiseTests(E2ECase):
         self.assertLess(deadline_s, 2.0 + 1.5, "the batch was not abandoned at SHUTDOWN_TIMEOUT_MS")
         self.assertLess(leave_s, 10 + 1.5,
                         f"BUG: with the brokers gone, leaving the group took {leave_s:.1f}s, not at"
-                        " most 10 s: the revoke handler's synchronous rd_kafka_commit() (ingest.c"
-                        " on_rebalance, served from close_consumer) waits ~30 s for a coordinator"
+                        " most 10 s: the revoke handler's synchronous rd_kafka_commit() (partitions.c"
+                        " revoke, served from close_consumer) waits ~30 s for a coordinator"
                         " when offsets are stored but not yet committed ('commit on revoke failed:"
                         " Local: Waiting for coordinator')")
         self.assertLess(secs, 2 + 10 + 3)
@@ -439,7 +439,7 @@ class PromiseTests(E2ECase):
                  " lock was released"), end=" ")
         self.assertIsNone(waited_for, "BUG: SIGTERM does not abandon a statement PostgreSQL holds:"
                           " the worker waited past SHUTDOWN_TIMEOUT_MS + 10 s until the lock was"
-                          " released (ingest.c flush() -> flush_poll(wait=true) has no deadline;"
+                          " released (lane.c lanes_finish() -> lane_poll(wait=true) has no deadline;"
                           " the statement is never cancelled)\n" + w.dump())
         self.assertEqual(rc, 0, w.dump())
         reader.close()

@@ -1,6 +1,6 @@
 """A rebalance while a statement runs AND PostgreSQL refuses an item of that statement
-(issue 9, item 9): the path of worker/ingest.c applied() where `st == DB_DATA &&
-L->plan_stale` ("partitions revoked during the batch").
+(issue 9, item 9): the path of worker/txn.c txn_applied() where `st == DB_DATA &&
+plan_stale` (lane state applying_revoked: "partitions revoked during the batch").
 
 Deterministic choreography, over 6 partitions, owner constraint no_reject refusing any row
 with status 'reject':
