@@ -3,7 +3,7 @@
 -- intermediate states were never written, so an item the owner's constraints refuse could
 -- be hidden by a later item of its key (e.g. CHECK (status IS DISTINCT FROM 'closed' OR
 -- phone_number IS NULL) with {status closed, phone} then {status open}: stored, no reject),
--- while applying the items one by one (SPEC §4, and the slow path) refuses the first.
+-- while applying the items one by one (docs/contract.md §4, and the slow path) refuses the first.
 -- Now doc is an array of generations (worker/plan.h): generation g holds the g-th item of
 -- every key with more than g items, one record per item (customer_metadata_merge's record,
 -- as before), in key order (row locks in one order: no deadlock between connections). Each

@@ -68,7 +68,7 @@ class TestIngest(E2ECase):
         self.assert_json_logs(w)
 
     def test_mixed_batch(self):
-        """Good items are ingested; bad ones get the exact errors of SPEC §3."""
+        """Good items are ingested; bad ones get the exact errors of docs/contract.md §3."""
         batch = {"items": [
             item("c1", "v1", status="ok"),
             item("  ", "v2"),

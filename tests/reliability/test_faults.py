@@ -1,4 +1,4 @@
-"""Fault tests of SPEC §6 (issue 3): crashes, PostgreSQL and Kafka outages, scaling,
+"""Fault tests of docs/contract.md §6 (issue 3): crashes, PostgreSQL and Kafka outages, scaling,
 graceful stops under load. Each runs a deterministic stream (tests/e2e/stream.py) through
 the worker while injecting its fault, then checks that the table equals the table of a clean
 run (every column of every row: the fields exactly, event_id and source_* against the items
