@@ -1,6 +1,6 @@
 -- Schema version 1: the customer_metadata table (docs/contract.md §4), the offsets the worker has
 -- applied per (consumer group, topic, partition), and the items PostgreSQL rejected.
--- Applied by `metadata-worker migrate` in one transaction; see README "The table".
+-- Applied by `metadata-worker migrate` in one transaction; see docs/design.md "The table".
 
 CREATE TABLE customer_metadata (
     external_customer_id     text        NOT NULL,

@@ -38,6 +38,5 @@ $$;
 -- are stale (a table filling up), picks a hash join over a sequential scan of the whole
 -- table — once per generation now. Measured on the bench's stream (200,000 items, 3–7
 -- generations per 4,000-item transaction): generations took 1.84–1.91x the merged rows'
--- database time with the default, 1.06–1.12x with sequential scans off (README, "Exact
--- order within a transaction").
+-- database time with the default, 1.06–1.12x with sequential scans off.
 ALTER FUNCTION customer_metadata_merge(text, json) SET enable_seqscan = off;

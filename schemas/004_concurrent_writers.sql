@@ -1,5 +1,5 @@
 -- Schema version 4: concurrent writers on shared keys, and one row version per key and
--- transaction where that is exact (issue 10; docs in README "How a transaction is applied").
+-- transaction where that is exact (issue 10; docs/design.md "How a transaction is applied").
 --
 -- Real producers send a key's updates to any partition, so two connections of one worker, or
 -- two workers, write the same key at the same moment. MERGE (schema 1 and 3) inserts a new

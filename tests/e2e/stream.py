@@ -20,7 +20,7 @@ OPTIONAL = ["status", "phoneNumber", "emailAddress", "userId", "addressCountry",
             "addressState", "addressZipcode"]
 COLUMNS = ["status", "phone_number", "email_address", "user_id", "address_country",
            "address_state", "address_zipcode"]
-# Namespace of generated eventIds (README "Generated eventIds"): a bad message's result has
+# Namespace of generated eventIds (docs/design.md "Generated eventIds"): a bad message's result has
 # the eventId generated for index 0 of its source.
 EVENT_NS = uuid.UUID("6b3c2e0a-9d41-4f7e-8a55-1c93d207e46f")
 

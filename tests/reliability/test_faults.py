@@ -199,7 +199,7 @@ class FaultTests(FaultBase):
         self.assertIsNone(w.proc.poll(), "the worker exited during the outage:\n" + w.dump())
         self.finish(stream, producer, reader, [w], "postgres outage",
                     outage_s=round(outage, 1), quick_restarts=2, backends_terminated=killed)
-        # The worker kept its partitions and consumed nothing twice (README: 0 repeats).
+        # The worker kept its partitions and consumed nothing twice (docs/benchmarks.md: 0 repeats).
         self.assertEqual(reader.repeats, 0, "results repeated although the worker kept its partitions")
         lines = w.lines()
         self.assertEqual(sum('"partition revoked"' in l or '"partition lost"' in l for l in lines), 4,
