@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# metadata-worker image (SPEC §7): built on Debian bookworm, run on bookworm-slim with the
-# runtime libraries only, as a non-root user.
+# metadata-worker image (docs/contract.md §7): built on Debian bookworm, run on bookworm-slim
+# with the runtime libraries only, as a non-root user.
 #   docker build -t metadata-worker .
 #   docker run --rm -e KAFKA_BROKERS=… -e DATABASE_URL=… metadata-worker           (run)
 #   docker run --rm -e DATABASE_URL=… metadata-worker migrate
@@ -39,7 +39,7 @@ ENV METRICS_ADDR=0.0.0.0:9090 \
     LOG_LEVEL=info
 EXPOSE 9090
 STOPSIGNAL SIGTERM
-# /healthz answers while the process is alive (SPEC §7); the port follows METRICS_ADDR.
+# /healthz answers while the process is alive (contract §7); the port follows METRICS_ADDR.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD curl -fsS -o /dev/null "http://127.0.0.1:${METRICS_ADDR##*:}/healthz" || exit 1
 ENTRYPOINT ["metadata-worker"]

@@ -8,7 +8,7 @@
 #                   `make run` and benchmark smokes, normal and asan; about 12 minutes
 #   make fuzz       fuzz batch_decode for FUZZ_SECONDS (default 60) under ASan + UBSan
 #   make run        install what is missing, start a local stack, run the worker on it
-#   make bench      the benchmark (see README "Performance")
+#   make bench      the benchmark (see docs/benchmarks.md)
 #   make deps       install the Debian packages of deps/packages.txt and Kafka's jars
 #
 # A build folder B (build/, build/asan/, build/fuzz/) holds obj/ (objects and their generated

@@ -1,6 +1,6 @@
--- Schema version 1: the customer_metadata table (SPEC §4), the offsets the worker has
+-- Schema version 1: the customer_metadata table (docs/contract.md §4), the offsets the worker has
 -- applied per (consumer group, topic, partition), and the items PostgreSQL rejected.
--- Applied by `metadata-worker migrate` in one transaction; see README "The table".
+-- Applied by `metadata-worker migrate` in one transaction; see docs/design.md "The table".
 
 CREATE TABLE customer_metadata (
     external_customer_id     text        NOT NULL,
@@ -109,7 +109,7 @@ END
 $$;
 
 -- Upserts rows (a JSON array of merged rows, at most one per key) with the merge rules of
--- SPEC §4: a field given replaces, a field absent or null keeps the stored value. An
+-- contract §4: a field given replaces, a field absent or null keeps the stored value. An
 -- attributes patch comes as aset (names set) and adel (names removed; null when none);
 -- aset null means the item had no attributes.
 CREATE FUNCTION customer_metadata_merge(tpc text, doc json) RETURNS void

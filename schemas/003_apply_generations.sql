@@ -3,7 +3,7 @@
 -- intermediate states were never written, so an item the owner's constraints refuse could
 -- be hidden by a later item of its key (e.g. CHECK (status IS DISTINCT FROM 'closed' OR
 -- phone_number IS NULL) with {status closed, phone} then {status open}: stored, no reject),
--- while applying the items one by one (SPEC §4, and the slow path) refuses the first.
+-- while applying the items one by one (docs/contract.md §4, and the slow path) refuses the first.
 -- Now doc is an array of generations (worker/plan.h): generation g holds the g-th item of
 -- every key with more than g items, one record per item (customer_metadata_merge's record,
 -- as before), in key order (row locks in one order: no deadlock between connections). Each
@@ -38,6 +38,5 @@ $$;
 -- are stale (a table filling up), picks a hash join over a sequential scan of the whole
 -- table — once per generation now. Measured on the bench's stream (200,000 items, 3–7
 -- generations per 4,000-item transaction): generations took 1.84–1.91x the merged rows'
--- database time with the default, 1.06–1.12x with sequential scans off (README, "Exact
--- order within a transaction").
+-- database time with the default, 1.06–1.12x with sequential scans off.
 ALTER FUNCTION customer_metadata_merge(text, json) SET enable_seqscan = off;

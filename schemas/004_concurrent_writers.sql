@@ -1,5 +1,5 @@
 -- Schema version 4: concurrent writers on shared keys, and one row version per key and
--- transaction where that is exact (issue 10; docs in README "How a transaction is applied").
+-- transaction where that is exact (issue 10; docs/design.md "How a transaction is applied").
 --
 -- Real producers send a key's updates to any partition, so two connections of one worker, or
 -- two workers, write the same key at the same moment. MERGE (schema 1 and 3) inserts a new
@@ -12,8 +12,9 @@
 -- ON CONFLICT checks the table's CHECK and NOT NULL constraints on the row it proposes to
 -- insert before it finds the conflict, and fires BEFORE INSERT triggers for it: on a table an
 -- owner gave constraints or triggers of their own, an update carrying only some fields could
--- be refused where applying it as an update (SPEC §4) is fine. And merging a key's items
--- into one row skips the intermediate states an owner's rules would check (issue 9). So:
+-- be refused where applying it as an update (docs/contract.md §4) is fine. And merging a
+-- key's items into one row skips the intermediate states an owner's rules would check
+-- (issue 9). So:
 --
 --  * a plain table (customer_metadata_plain(): the columns, indexes and constraints of these
 --    migrations, no triggers, rules, policies or inheritance of anyone else's) takes merged
@@ -80,7 +81,7 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Upserts records (customer_metadata_merge's record, at most one per key, in key order) with
--- INSERT … ON CONFLICT DO UPDATE and SPEC §4's merge rules. The names an attributes patch
+-- INSERT … ON CONFLICT DO UPDATE and contract §4's merge rules. The names an attributes patch
 -- removes ("adel") are not a column of the proposed row: they are looked up by the record's
 -- source (partition/offset/index, unique within a transaction) in a map built only when the
 -- document has removals.

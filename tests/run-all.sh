@@ -44,8 +44,8 @@ step "end-to-end" env MW_BIN="$root/build/metadata-worker" \
   $py -m unittest discover -s tests/e2e -p 'test_*.py' -v
 step "end-to-end (asan)" env MW_BIN="$root/build/asan/metadata-worker" \
   $py -m unittest discover -s tests/e2e -p 'test_*.py' -v
-# Faults of SPEC §6 (crashes, outages, scaling, graceful stop) and hostile input; they print
-# their figures. The stack's stop/start commands need MW_STACK_DIR (from the env file).
+# Faults of docs/contract.md §6 (crashes, outages, scaling, graceful stop) and hostile input;
+# they print their figures. The stack's stop/start commands need MW_STACK_DIR (from the env file).
 step "reliability" env MW_BIN="$root/build/metadata-worker" \
   $py -m unittest discover -s tests/reliability -p 'test_*.py' -v
 step "reliability (asan)" env MW_BIN="$root/build/asan/metadata-worker" \

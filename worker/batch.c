@@ -1,5 +1,5 @@
 /*
- * batch: message decoding and item validation (SPEC §2, §3). Pure logic; see batch.h.
+ * batch: message decoding and item validation (docs/contract.md §2, §3). Pure logic; see batch.h.
  *
  * Decoding is two passes over the bytes and no tree: common/jsoncheck proves the message is
  * strict RFC 8259 JSON (and not nested deeper than MW_JSON_MAX_DEPTH), then this file walks

@@ -1,7 +1,7 @@
 /*
  * batch: decodes one Kafka message value into a batch of items and validates every item
- * (SPEC §2, §3). Pure: no I/O, no globals; the same input always gives the same output,
- * generated eventIds included.
+ * (docs/contract.md §2, §3). Pure: no I/O, no globals; the same input always gives the same
+ * output, generated eventIds included.
  *
  * Ownership: a decoded mw_batch owns one block of decoded strings (every mw_str in it points
  * there), its items, their attributes and their error strings; batch_free releases all of it.
@@ -17,7 +17,7 @@
 #define MW_MAX_BATCH_ITEMS_DEFAULT 10000
 #define MW_UUID_STR_LEN 36
 
-/* The item fields of SPEC §3 in the table's order (the order errors are reported in). */
+/* The item fields of contract §3 in the table's order (the order errors are reported in). */
 enum mw_field {
     F_CONVERSATION, F_CUSTOMER, F_EVENT, F_STATUS, F_PHONE, F_EMAIL,
     F_USER, F_COUNTRY, F_STATE, F_ZIP, F_COUNT

@@ -22,7 +22,7 @@ typedef struct mw_config {
     char *database_url;     /* NULL: libpq's PG* variables apply */
     char *metrics_addr;     /* NULL: no HTTP endpoint */
     int log_level;
-    int max_batch_items;    /* items per message (SPEC §2) */
+    int max_batch_items;    /* items per message (docs/contract.md §2) */
     int txn_max_items;      /* items gathered into one database transaction */
     int txn_backlog_items;  /* the same while behind (the previous transaction was full) */
     int txn_max_wait_ms;    /* how long a transaction waits to fill */

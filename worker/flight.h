@@ -3,7 +3,7 @@
  * flight to Kafka, and when an input offset is stored for commit.
  *
  * After PostgreSQL commits a lane's transaction, its messages move from the pending queue
- * into a flight at the tail of a FIFO queue, and every result (one per item, SPEC §5) and
+ * into a flight at the tail of a FIFO queue, and every result (one per item, docs/contract.md §5) and
  * dead letter (a bad message's raw bytes, with headers saying why and where from) is
  * produced with the message as the delivery's opaque. Flights complete in order: only when
  * every delivery of the flight at the head is acknowledged are its outcomes counted and its

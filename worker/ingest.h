@@ -1,6 +1,6 @@
 /*
  * ingest: the consume → validate → upsert → results → commit loop of `metadata-worker run`
- * (SPEC §2–§6). Owns the Kafka clients and the database connections.
+ * (docs/contract.md §2–§6). Owns the Kafka clients and the database connections.
  *
  * Messages are gathered into one database transaction (up to TXN_MAX_ITEMS items or
  * TXN_MAX_WAIT_MS); after PostgreSQL commits, every result and dead letter is produced and

@@ -15,7 +15,7 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char 
 
 static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
     (void)opaque;
-    /* Most errors are informational: librdkafka recovers by itself (SPEC §6). */
+    /* Most errors are informational: librdkafka recovers by itself (docs/contract.md §6). */
     enum log_level l = err == RD_KAFKA_RESP_ERR__FATAL ? LOG_ERROR : LOG_WARN;
     log_write(l, "kafka client error", LF_S("client", rd_kafka_name(rk)),
               LF_S("error", rd_kafka_err2name((rd_kafka_resp_err_t)err)), LF_S("reason", reason),

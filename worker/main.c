@@ -3,7 +3,7 @@
  *   metadata-worker [run]        consume, validate, upsert, publish results (default)
  *   metadata-worker migrate      apply schemas/ to the database and exit
  *   metadata-worker validate F   print the API response for one batch message (F or -)
- * See README.md and SPEC §1.
+ * See README.md and docs/contract.md §1.
  */
 #include <errno.h>
 #include <malloc.h>

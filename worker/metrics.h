@@ -1,7 +1,7 @@
 /*
  * metrics: the worker's counters, gauges and histograms, and their Prometheus text
- * rendering (SPEC §7). Written by the ingest thread, read by the HTTP thread: every value
- * is a C11 atomic, and the per-partition lag table takes a mutex.
+ * rendering (docs/contract.md §7). Written by the ingest thread, read by the HTTP thread:
+ * every value is a C11 atomic, and the per-partition lag table takes a mutex.
  *
  * Ownership: one mw_metrics, created by metrics_new and freed by metrics_destroy; the
  * rendering is written into a caller's jsonw (used as a plain growable buffer).

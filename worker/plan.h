@@ -1,6 +1,6 @@
 /*
- * plan: plans the upsert of one database transaction (SPEC §4). Valid items are added in
- * the order they must apply (by offset within a partition, by index within a message).
+ * plan: plans the upsert of one database transaction (docs/contract.md §4). Valid items are
+ * added in the order they must apply (by offset within a partition, by index within a message).
  * plan_merge groups them by key. On a plain table (schema 4) plan_merged_json writes one
  * composed record per key (see below its declaration); on any other, plan_rows_json writes
  * them in generations, as follows. Generation
@@ -10,7 +10,7 @@
  * the other, one MERGE each, in the transaction that moves the offsets
  * (customer_metadata_apply, schema 3). Pure: no I/O.
  *
- * Why this is exact (SPEC §4: the state of applying the items one after the other): each
+ * Why this is exact (contract §4: the state of applying the items one after the other): each
  * key's items apply in their order, one statement each, so every intermediate state of
  * every row is written and checked by the table's constraints and triggers, as applying the
  * items one by one would. Items of different keys write different rows, so their relative
@@ -21,7 +21,7 @@
  * into one row, as before schema 3, skipped the intermediate states and could hide a refused
  * item behind a later one (issue 9). Rules across rows (a UNIQUE on another column, a
  * trigger reading other rows) see the items of different keys in generation order, not in
- * stream order (SPEC §4 gives no order across partitions anyway).
+ * stream order (contract §4 gives no order across partitions anyway).
  *
  * A generation holds at most one record per key, as MERGE needs (it may not affect a row
  * twice). Every key of a later generation is in generation 0, whose MERGE meets the rows in
@@ -102,7 +102,7 @@ void plan_items_json(mw_plan *p, jsonw *out);
  * the key's items in order: each field as the last item that gives it, the attributes
  * patches composed (a later setting or removal of a name wins; "aset" absent when no item
  * had attributes), eventId and source of the key's last item. Applied to a row, it gives the
- * state of applying the key's items one after the other (SPEC §4) on a table whose rules
+ * state of applying the key's items one after the other (contract §4) on a table whose rules
  * accept every intermediate state whenever they accept the last (customer_metadata_plain,
  * schema 4); it writes one row version per key instead of one per item. */
 void plan_isolated_json(mw_plan *p, jsonw *out);

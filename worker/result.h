@@ -1,5 +1,5 @@
 /*
- * result: the per-item result message (SPEC §5) and the API response that
+ * result: the per-item result message (docs/contract.md §5) and the API response that
  * `metadata-worker validate` prints. Pure: formats into a jsonw, no I/O.
  */
 #ifndef MW_RESULT_H

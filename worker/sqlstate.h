@@ -1,5 +1,5 @@
 /*
- * sqlstate: the one classification of database errors (SPEC §6), and the PostgreSQL
+ * sqlstate: the one classification of database errors (docs/contract.md §6), and the PostgreSQL
  * SQLSTATE → class mapping. Transient errors are retried, data errors are isolated to
  * their items, fatal ones stop the worker. enum db_status is what every worker/db call
  * returns and what the db_errors metric counts by.

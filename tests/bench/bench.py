@@ -14,7 +14,8 @@ table and from a table already holding the final state (the "pre-filled" case):
   flink    the real peer (flink_peer.py; not in --smoke): the Flink SQL job a data engineer would
            write instead (Kafka source, CROSS JOIN UNNEST(items), JDBC upsert sink into a table of
            the worker's shape), empty table only, timed from its first item read to the job's end.
-           It validates nothing and replaces fields wholesale: not the same job (README).
+           It validates nothing and replaces fields wholesale: not the same job
+           (docs/benchmarks.md).
   worker   build/metadata-worker (`migrate`, then `run`): start to the moment the results topic
            holds one result per item (sum of its high watermarks, polled every 0.2 s); then, still
            running and caught up, a latency phase (messages paced at half the measured rate;
@@ -440,7 +441,7 @@ def run_flink(ctx, label, template):
             "flink": r,
             "note": "valid items / seconds from its first item read to the job's end (the sink's "
                     "last batch committed); from start: from JVM launch. No validation, no "
-                    "results, fields replaced wholesale: not the same job (README)"}
+                    "results, fields replaced wholesale: not the same job (docs/benchmarks.md)"}
 
 
 def run_naive(ctx, label, template):

@@ -1,11 +1,12 @@
 """The benchmark's real peer: the Apache Flink SQL job a data engineer would write instead of
-metadata-worker, run on the same topic into the same PostgreSQL (README section below).
+metadata-worker, run on the same topic into the same PostgreSQL (docs/benchmarks.md; its text
+below).
 
     fetch()  -> class path (jars cached on first use, Peer.java compiled once per version)
     run(brokers, topic, pg, n_valid_items, parallelism=2, flush_rows=5000) -> dict of figures
     flink_peer.py --produce 200000 [--flush-rows 2000,5000,10000]   standalone (stack.sh env)
 
-### The peer: Apache Flink SQL (README text)
+### The peer: Apache Flink SQL (text for docs/benchmarks.md)
 
 tests/bench/flink/Peer.java: Flink 1.20.3 in a local mini-cluster inside one JVM (`-Xmx1g`,
 parallelism 2), the Table API in streaming mode. Its source is the Kafka table connector

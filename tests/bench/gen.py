@@ -241,7 +241,7 @@ def _invalid_item(rng, eid, keys, pre, item_no):
 
 
 def _applied(old, item, p, off, idx):
-    """The row tuple after applying item (SPEC §4) to old (None: no row yet)."""
+    """The row tuple after applying item (docs/contract.md §4) to old (None: no row yet)."""
     row = list(old) if old else [None] * (N_FIELDS + 4)
     for i, f in enumerate(FIELDS):
         v = item.get(f)
@@ -261,7 +261,7 @@ def _applied(old, item, p, off, idx):
 
 
 class State:
-    """The table as SPEC §4 defines it: key -> row tuple (see N_FIELDS above). Rows and
+    """The table as contract §4 defines it: key -> row tuple (see N_FIELDS above). Rows and
     attribute maps are never mutated in place, so copy() is cheap and safe."""
 
     def __init__(self, rows=None):

@@ -3,7 +3,7 @@
 confluent_kafka Consumer; for each message, for each item: validate it, then one
 INSERT ... ON CONFLICT DO UPDATE (COALESCE merges, a jsonb merge of the attributes), one round
 trip per item; commit the database transaction and then the Kafka offset (synchronously) per
-message; produce one result per item. Same merge rules as the worker (SPEC §4).
+message; produce one result per item. Same merge rules as the worker (docs/contract.md §4).
 
     naive_consumer.py --brokers B --topic T --group G --results-topic R --dsn URL
                       --total-messages M [--max-items N]
@@ -65,7 +65,7 @@ ON CONFLICT (external_customer_id, external_conversation_id) DO UPDATE SET
 
 
 def validate(item):
-    """Returns an error string or None (the rules of SPEC §3, simplified where the
+    """Returns an error string or None (the rules of contract §3, simplified where the
     benchmark's stream does not go)."""
     if not isinstance(item, dict):
         return "FAIL_BAD_PARAMS: ERROR: item must be an object"

@@ -1,4 +1,5 @@
-"""Static checks of docker-compose.yml and the Dockerfile against worker/config.c (SPEC §1, §7).
+"""Static checks of docker-compose.yml and the Dockerfile against worker/config.c
+(docs/contract.md §1, §7).
 
 Run from the repository root with Debian's interpreter:
     /usr/bin/python3 -m unittest discover -s tests/compose -v

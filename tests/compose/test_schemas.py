@@ -1,4 +1,4 @@
-"""Checks schemas/batch.schema.json and schemas/result.schema.json (SPEC §2, §3, §5).
+"""Checks schemas/batch.schema.json and schemas/result.schema.json (docs/contract.md §2, §3, §5).
 
 Run from the repository root with Debian's interpreter:
     /usr/bin/python3 -m unittest discover -s tests/compose -v

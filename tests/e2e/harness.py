@@ -158,7 +158,7 @@ class E2ECase(unittest.TestCase):
                 w.proc.kill()
                 w.proc.wait()
         # Under the sanitizer build, any report fails the test (the worker's stderr); in
-        # every build, each line the worker wrote must be one JSON object (SPEC §7).
+        # every build, each line the worker wrote must be one JSON object (docs/contract.md §7).
         for w in self.workers:
             bad = [l for l in w.lines() if "Sanitizer" in l or "runtime error:" in l]
             self.assertEqual(bad, [], "sanitizer report:\n" + w.dump())

@@ -3,8 +3,8 @@ clean run of it must leave.
 
 Keys repeat across messages and across partitions, so order and merging matter. Each
 partition owns a disjoint set of optional fields and attribute names: the final state is
-then the same whatever the interleaving of partitions (SPEC §4 orders items only within a
-partition), and a test can compare every column of every row.
+then the same whatever the interleaving of partitions (docs/contract.md §4 orders items only
+within a partition), and a test can compare every column of every row.
 
 What the interleaving does decide is which item was applied last to a row (its `event_id`
 and `source_*` columns): that is the last item of the key on one of the partitions where
@@ -20,7 +20,7 @@ OPTIONAL = ["status", "phoneNumber", "emailAddress", "userId", "addressCountry",
             "addressState", "addressZipcode"]
 COLUMNS = ["status", "phone_number", "email_address", "user_id", "address_country",
            "address_state", "address_zipcode"]
-# Namespace of generated eventIds (README "Generated eventIds"): a bad message's result has
+# Namespace of generated eventIds (docs/design.md "Generated eventIds"): a bad message's result has
 # the eventId generated for index 0 of its source.
 EVENT_NS = uuid.UUID("6b3c2e0a-9d41-4f7e-8a55-1c93d207e46f")
 

@@ -1,7 +1,7 @@
-"""How a stream is batched must not change what it does (issue 9, item 4; SPEC §4): several
-items of one key in one message or one database transaction give exactly the state, and the
-results, of applying them one after the other, also when the database owner added a
-constraint that refuses an intermediate state.
+"""How a stream is batched must not change what it does (issue 9, item 4; docs/contract.md
+§4): several items of one key in one message or one database transaction give exactly the
+state, and the results, of applying them one after the other, also when the database owner
+added a constraint that refuses an intermediate state.
 
 The owner's constraint here: no phone number on a closed row. Before schema 3 the happy path
 merged a transaction's items per key into one row, so {closed, phone} then {open} stored
@@ -156,7 +156,7 @@ def model(messages):
 
 
 def mixed_stream(seed=4, partitions=3):
-    """A few hundred items in two phases: in each phase a key belongs to one partition (SPEC
+    """A few hundred items in two phases: in each phase a key belongs to one partition (contract
     §4 orders items only within a partition), and from one phase to the next every key moves
     to another partition. Keys repeat within messages and across messages and partitions;
     statuses and phone numbers make the constraint refuse items, and later items fix rows.

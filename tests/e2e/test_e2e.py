@@ -68,7 +68,7 @@ class TestIngest(E2ECase):
         self.assert_json_logs(w)
 
     def test_mixed_batch(self):
-        """Good items are ingested; bad ones get the exact errors of SPEC §3."""
+        """Good items are ingested; bad ones get the exact errors of docs/contract.md §3."""
         batch = {"items": [
             item("c1", "v1", status="ok"),
             item("  ", "v2"),
@@ -288,8 +288,8 @@ class TestIngest(E2ECase):
 
     def test_no_statement_per_item(self):
         """The happy path runs one statement per database transaction, not per item or per
-        message (README, Performance): 1,000 items in 20 messages give one apply statement
-        per connection that had work (1-2), and besides them only the worker's fixed
+        message (docs/benchmarks.md, Performance): 1,000 items in 20 messages give one apply
+        statement per connection that had work (1-2), and besides them only the worker's fixed
         statements: the schema check, one offsets read per assigned partition and the idle
         ping (every 2 s), and the read of whether the table is plain (schema 4: at the first
         transaction, then every 30 s) -- 7-8 statements in all. TXN_MAX_WAIT_MS is 1 s so that a lane

@@ -1,7 +1,7 @@
 /*
  * ref_decode: the fuzz target's reference decoder. It reads a message with json-c's tree
- * and the validation rules of SPEC §2-§3 (the worker's decoder before it walked the text
- * itself), and checks that batch_decode's result is the same.
+ * and the validation rules of docs/contract.md §2-§3 (the worker's decoder before it walked
+ * the text itself), and checks that batch_decode's result is the same.
  */
 #ifndef MW_REF_DECODE_H
 #define MW_REF_DECODE_H

@@ -1,9 +1,10 @@
-"""Concurrent writers on shared keys (issue 10; SPEC §2 "Real traffic", §6): two workers, each
-with two database connections, ingest one stream whose keys occur on every partition, started
-together so that four transactions write common keys at the same moments (new keys too: a key's
-first items often arrive on two partitions at once). No transaction may fail over another
-writer's row: zero retries for 40P01 (deadlock) and 23505 (a key another writer inserted first)
-in either worker's /metrics; the table is exactly a clean run's and every item has its result.
+"""Concurrent writers on shared keys (issue 10; docs/contract.md §2 "Real traffic", §6): two
+workers, each with two database connections, ingest one stream whose keys occur on every
+partition, started together so that four transactions write common keys at the same moments
+(new keys too: a key's first items often arrive on two partitions at once). No transaction
+may fail over another writer's row: zero retries for 40P01 (deadlock) and 23505 (a key another
+writer inserted first) in either worker's /metrics; the table is exactly a clean run's and
+every item has its result.
 
 Before schema 4 the MERGE of the second writer to insert a new key failed with 23505 on
 customer_metadata_pkey and the whole transaction was retried (issue 10: 17 of 45 transactions

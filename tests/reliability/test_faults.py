@@ -1,4 +1,4 @@
-"""Fault tests of SPEC §6 (issue 3): crashes, PostgreSQL and Kafka outages, scaling,
+"""Fault tests of docs/contract.md §6 (issue 3): crashes, PostgreSQL and Kafka outages, scaling,
 graceful stops under load. Each runs a deterministic stream (tests/e2e/stream.py) through
 the worker while injecting its fault, then checks that the table equals the table of a clean
 run (every column of every row: the fields exactly, event_id and source_* against the items
@@ -199,7 +199,7 @@ class FaultTests(FaultBase):
         self.assertIsNone(w.proc.poll(), "the worker exited during the outage:\n" + w.dump())
         self.finish(stream, producer, reader, [w], "postgres outage",
                     outage_s=round(outage, 1), quick_restarts=2, backends_terminated=killed)
-        # The worker kept its partitions and consumed nothing twice (README: 0 repeats).
+        # The worker kept its partitions and consumed nothing twice (docs/benchmarks.md: 0 repeats).
         self.assertEqual(reader.repeats, 0, "results repeated although the worker kept its partitions")
         lines = w.lines()
         self.assertEqual(sum('"partition revoked"' in l or '"partition lost"' in l for l in lines), 4,

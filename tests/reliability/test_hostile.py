@@ -1,5 +1,6 @@
 """Hostile input (issue 3, point 7) and injection attempts: each message gets the outcome of
-SPEC §2/§3, none crashes or stalls the worker, and the message after them is ingested."""
+docs/contract.md §2/§3, none crashes or stalls the worker, and the message after them is
+ingested."""
 
 import json
 import os

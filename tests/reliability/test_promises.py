@@ -1,5 +1,5 @@
-"""README promises that had no test (issue 15, item 6), each checked end to end against the
-real broker and PostgreSQL. Each test prints its figures.
+"""Promises of docs/design.md and docs/operations.md that had no test (issue 15, item 6), each
+checked end to end against the real broker and PostgreSQL. Each test prints its figures.
 
 1. A fatal SQLSTATE mid-run (the worker's role loses INSERT/UPDATE on customer_metadata)
    stops the worker with exit 1 and one clear error line; the refused transaction leaves
@@ -233,8 +233,8 @@ class PromiseTests(E2ECase):
 
     # -- 1 --
     def test_1_fatal_sqlstate_mid_run_stops_without_moving_offsets(self):
-        """README "Errors classified where they arise": 42501 mid-run stops the worker (exit 1,
-        one line) and commits nothing it had not finished."""
+        """docs/design.md "Errors classified where they arise": 42501 mid-run stops the worker
+        (exit 1, one line) and commits nothing it had not finished."""
         role = f"mw_role_{self.id_}"
         adm = pg_admin()
         adm.cursor().execute(f'CREATE ROLE "{role}" LOGIN')
@@ -296,8 +296,8 @@ class PromiseTests(E2ECase):
 
     # -- 2 --
     def test_2_run_refuses_missing_or_older_schema(self):
-        """README "Running it": `run` refuses a database without the schema (or with an older
-        one) and says to run `migrate`."""
+        """docs/operations.md "Running it": `run` refuses a database without the schema (or with
+        an older one) and says to run `migrate`."""
         empty = f"{self.dbname}_empty"
         adm = pg_admin()
         adm.cursor().execute(f'CREATE DATABASE "{empty}"')
@@ -332,16 +332,16 @@ class PromiseTests(E2ECase):
 
     # -- 3 --
     def test_3_shutdown_timeout_abandons_batch_with_brokers_gone(self):
-        """README "Graceful stop": after SHUTDOWN_TIMEOUT_MS the batch in hand is abandoned,
+        """docs/design.md "Graceful stop": after SHUTDOWN_TIMEOUT_MS the batch in hand is abandoned,
         uncommitted, the group is left within 10 s even when the brokers are gone, exit 0."""
         stream = Stream(20_000, self.partitions, seed=23)
         self.produce_messages(stream.messages)  # a backlog
         reader = ResultsReader(self.results_topic)
         # One connection and small transactions: the backlog takes seconds, so that the
         # broker goes while the worker is in the middle of it.
-        # Static membership (README "Scaling"): the restarted worker takes the stopped one's
-        # place at once, instead of waiting 30 s for its session to expire (it could not
-        # leave: the broker was gone). It changes nothing of the stop being tested.
+        # Static membership (docs/operations.md "Scaling"): the restarted worker takes the
+        # stopped one's place at once, instead of waiting 30 s for its session to expire (it
+        # could not leave: the broker was gone). It changes nothing of the stop being tested.
         args = ("run", "-X", f"group.instance.id=promise-{self.id_}")
         w = self.start_worker(extra_env={"SHUTDOWN_TIMEOUT_MS": "2000", "DATABASE_CONNECTIONS": "1",
                                          "TXN_MAX_ITEMS": "200"}, args=args)
@@ -446,7 +446,7 @@ class PromiseTests(E2ECase):
 
     # -- 4 --
     def test_4_loop_turns_while_postgres_is_down_and_a_real_stall_shows(self):
-        """README /healthz: 200 "also during a PostgreSQL or Kafka outage: the worker is
+        """docs/operations.md /healthz: 200 "also during a PostgreSQL or Kafka outage: the worker is
         waiting, not dead"; main_loop_stall_seconds measures a stalled loop."""
         w, addr = self.start_with_metrics()
         self.assertTrue(wait_until(lambda: get(f"http://{addr}/readyz")[0] == 200, 30), w.dump())
@@ -508,7 +508,8 @@ class PromiseTests(E2ECase):
 
     # -- 5 --
     def test_5_resume_from_acked_offset_without_committed_offsets(self):
-        """README "Rebalances": a group with no committed offsets resumes from acked_offset."""
+        """docs/design.md "Rebalances": a group with no committed offsets resumes from
+        acked_offset."""
         stream = Stream(3000, self.partitions, seed=25)
         third = len(stream.messages) // 3
         phases = [stream.messages[:third], stream.messages[third:2 * third],
@@ -571,7 +572,7 @@ class PromiseTests(E2ECase):
 
     # -- 6 --
     def test_6_offsets_wait_for_result_acks(self):
-        """README "At least once to Kafka": an input offset is stored only once its results
+        """docs/design.md "At least once to Kafka": an input offset is stored only once its results
         are acknowledged; NOT_ENOUGH_REPLICAS is retried, not fatal."""
         admin = AdminClient({"bootstrap.servers": BROKERS})
         broker = ExtraBroker()

@@ -53,8 +53,8 @@ FAST_GROUP = ("-X", "heartbeat.interval.ms=500", "-X", "session.timeout.ms=10000
 
 
 def key_of(p, k):
-    # Keys are partition-local: SPEC §4 orders items only within a partition, so the final
-    # state is then the same whichever worker applies which partition, and when.
+    # Keys are partition-local: docs/contract.md §4 orders items only within a partition, so
+    # the final state is then the same whichever worker applies which partition, and when.
     return (f"cust-p{p}-{k}", f"conv-{k % 2}")
 
 

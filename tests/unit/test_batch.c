@@ -1,6 +1,7 @@
 /*
- * Unit tests of worker/batch: message-level checks (SPEC §2, bad requests) and item validation
- * (SPEC §3: every field's type, blank, U+0000 and length rules, attributes, eventIds).
+ * Unit tests of worker/batch: message-level checks (docs/contract.md §2, bad requests) and
+ * item validation (contract §3: every field's type, blank, U+0000 and length rules,
+ * attributes, eventIds).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -118,7 +119,7 @@ static bool is_uuid_v5(const char *s, size_t n) {
     return s[14] == '5' && strchr("89ab", s[19]) != NULL;
 }
 
-/* The table of SPEC §3, written out independently of batch.c. */
+/* The table of contract §3, written out independently of batch.c. */
 static const struct spec_field {
     const char *name;
     int f;
@@ -920,7 +921,7 @@ static void test_message_level(void **state) {
 }
 
 /*
- * What json-c 0.16's JSON_TOKENER_STRICT still accepts is refused (SPEC §2: not JSON, a bad
+ * What json-c 0.16's JSON_TOKENER_STRICT still accepts is refused (contract §2: not JSON, a bad
  * request): single-quoted object keys, NaN / Infinity / -Infinity, "1." and "1.e5", the
  * leading zeros of "-01" and "00", "-.1", and raw control characters inside strings. The
  * gate is common/jsoncheck, not json-c.
@@ -977,7 +978,7 @@ static void test_fuzz_regressions(void **state) {
 }
 
 /* A key holding U+0000 is a key like any other (issue 9): "items\u0000x" is not "items", and
- * an unknown member named with U+0000 is ignored (SPEC §3) — the item is still ingested. */
+ * an unknown member named with U+0000 is ignored (contract §3) — the item is still ingested. */
 static void test_nul_in_keys(void **state) {
     mw_batch b;
     decode_n(state, &b, BIN("{\"items\\u0000x\":[{\"externalCustomerId\":\"c\",\"externalConversationId\":\"k\"}]}"), 10);

@@ -2,7 +2,7 @@
  * Unit tests of worker/plan: grouping a transaction's items by key and writing them as
  * generations (generation g = the g-th item of every key with more than g items, each item
  * its own record, records in key order), the items document of the slow path, and plan
- * reuse (SPEC §4: the state of applying the items one after the other).
+ * reuse (docs/contract.md §4: the state of applying the items one after the other).
  */
 #include <setjmp.h>
 #include <stdarg.h>

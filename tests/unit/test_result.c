@@ -1,6 +1,7 @@
 /*
- * Unit tests of worker/result (the per-item result message of SPEC §5 and the API response)
- * and of common/jsonw, the JSON writer they use (escaping, embedded NUL, commas, numbers).
+ * Unit tests of worker/result (the per-item result message of docs/contract.md §5 and the API
+ * response) and of common/jsonw, the JSON writer they use (escaping, embedded NUL, commas,
+ * numbers).
  */
 #include <setjmp.h>
 #include <stdarg.h>

@@ -1,6 +1,6 @@
 /*
  * Unit tests of worker/sqlstate: PostgreSQL SQLSTATE → transient (retry), data (isolate the
- * item) or fatal (stop), SPEC §6; and the class names.
+ * item) or fatal (stop), docs/contract.md §6; and the class names.
  */
 #include <setjmp.h>
 #include <stdarg.h>

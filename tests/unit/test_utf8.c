@@ -146,7 +146,7 @@ static void test_count(void **state) {
     }
 }
 
-/* Long strings: the counts the length limits of SPEC §3 rely on. */
+/* Long strings: the counts the length limits of docs/contract.md §3 rely on. */
 static void test_count_long(void **state) {
     (void)state;
     static const char *const units[] = {"a", "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80"};
