@@ -15,7 +15,7 @@
 #include "../common/log.h"
 
 /*
- * Limits (issue 9): the endpoint serves probes and scrapes, a handful of short requests at a
+ * Limits: the endpoint serves probes and scrapes, a handful of short requests at a
  * time, and must stay reachable while someone floods it.
  *
  * HTTP_MAX_CONNECTIONS: kubelet probes (liveness, readiness: one connection each per period)

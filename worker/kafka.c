@@ -86,21 +86,20 @@ rd_kafka_t *kafka_consumer_new(const mw_config *cfg, kafka_rebalance_fn rebalanc
          * these limits is still fetched, alone). Once the queue is over this limit,
          * librdkafka 2.0 looks at it again only about once a second (fetch.queue.backoff.ms
          * came in 2.1): the queue must hold a second of work, or the worker starves for
-         * part of every second (8 MB did: 28k items/s; 32 MB: 50k; make bench). */
+         * part of every second (docs/benchmarks.md, "A prefetch that does not starve"). */
         "queued.max.messages.kbytes", "32768",
         "fetch.max.bytes", "8388608",
         "fetch.wait.max.ms", "50",
         /* Group membership through a broker restart. librdkafka gives its membership up when
          * no heartbeat has succeeded for session.timeout.ms, counted from the last success
-         * before the outage to the first one after the broker has loaded the group again. A
-         * 20 s stop kept the broker away 25-30 s (stopping and starting it take ~6 s, more
-         * on a busy machine), so at 30 s the worker lost its partitions and rejoined as a new
-         * member; the restarted broker, which had reloaded the old member, held that join
-         * until the old member's session expired (JoinGroup answered after 29.9 s), and the
-         * messages since the last commit were consumed again: ingestion resumed ~31 s after
-         * the broker was back (the ~30 s of issue 9). 45 s (librdkafka's and the Java
-         * client's default) keeps the membership through a stop of up to ~35 s; a 1 s
-         * heartbeat trims up to 2 s off each end of the count and notices a rebalance sooner.
+         * before the outage to the first one after the broker has loaded the group again; a
+         * 20 s broker stop keeps it away 25-30 s. A worker that lost its membership rejoins
+         * as a new member, and the restarted broker, which reloaded the old member, holds
+         * that join until the old member's session expires: ingestion then resumes only a
+         * session timeout after the broker is back, and re-reads what was not committed.
+         * 45 s (librdkafka's and the Java client's default) keeps the membership through a
+         * stop of up to ~35 s (tests/reliability/test_broker_restart.py); a 1 s heartbeat
+         * trims up to 2 s off each end of the count and notices a rebalance sooner.
          * Safe: no failure is detected sooner, so nothing can flap; a worker that dies
          * without leaving (SIGKILL, lost host) has its partitions taken over after 45 s
          * instead of 30 (SIGTERM leaves the group at once, and -X session.timeout.ms still

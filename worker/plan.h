@@ -16,10 +16,11 @@
  * items one by one would. Items of different keys write different rows, so their relative
  * order does not change the result for rules that look at one row (CHECK, NOT NULL, row
  * triggers reading NEW). An item the database refuses fails the statement, and the slow path
- * (plan_items_json, item by item) isolates it. How the stream is split into messages and
+ * (plan_isolated_json, item by item) isolates it. How the stream is split into messages and
  * transactions therefore changes neither the table nor the results. Merging a key's items
- * into one row, as before schema 3, skipped the intermediate states and could hide a refused
- * item behind a later one (issue 9). Rules across rows (a UNIQUE on another column, a
+ * into one row skips the intermediate states, and could hide a refused item behind a later
+ * one of its key: plan_merged_json is for plain tables only, where no rule can refuse an
+ * intermediate state that it would accept at the end. Rules across rows (a UNIQUE on another column, a
  * trigger reading other rows) see the items of different keys in generation order, not in
  * stream order (contract §4 gives no order across partitions anyway).
  *
