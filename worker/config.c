@@ -51,7 +51,7 @@ static const setting settings[] = {
      3600000, "on SIGTERM, longest time spent finishing the batch in hand"},
     {"RETRY_MAX_MS", "--retry-max-ms", S_INT, OFF(retry_max_ms), "5000", 10, 600000,
      "cap of the retry backoff while PostgreSQL or Kafka is unavailable"},
-    {"DATABASE_CONNECTIONS", "--database-connections", S_INT, OFF(db_connections), "2", 1, 8,
+    {"DATABASE_CONNECTIONS", "--database-connections", S_INT, OFF(db_connections), "2", 1, MW_MAX_DB_CONNECTIONS,
      "PostgreSQL connections, each applying the transactions of its share of the partitions"},
     {"HEALTHZ_STALL_MS", "--healthz-stall-ms", S_INT, OFF(healthz_stall_ms), "60000", 1000, 3600000,
      "/healthz answers 503 when the main loop has not turned for this long (/readyz: half)"},

@@ -29,6 +29,7 @@ typedef struct mw_config {
     int shutdown_timeout_ms;
     int retry_max_ms;       /* cap of the retry backoff */
     int db_connections;     /* lanes: partition p is applied on connection p % db_connections */
+#define MW_MAX_DB_CONNECTIONS 8 /* the most DATABASE_CONNECTIONS may be (one lane each) */
     int healthz_stall_ms;   /* /healthz fails when the main loop has not turned for this long */
     int n_props;            /* -X name=value pairs, in order */
     char **prop_names;

@@ -34,7 +34,7 @@
 #include "pending.h"
 #include "txn.h"
 
-#define MAX_LANES 8
+#define MAX_LANES MW_MAX_DB_CONNECTIONS
 
 typedef struct ingest {
     const mw_config *cfg;
