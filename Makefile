@@ -14,8 +14,8 @@
 # A build folder B (build/, build/asan/, build/fuzz/) holds obj/ (objects and their generated
 # header dependencies, .d), libmwcore.a (the pure core), metadata-worker and tests/.
 
-PKGS       := rdkafka libpq json-c uuid libmicrohttpd
-CORE_PKGS  := json-c uuid
+PKGS       := rdkafka libpq json-c uuid libmicrohttpd gnutls
+CORE_PKGS  := json-c uuid gnutls
 B          ?= build
 PY         ?= /usr/bin/python3
 WARN       := -Wall -Wextra -Wpedantic -Wshadow -Wformat=2 -Werror
@@ -31,10 +31,10 @@ CMOCKA     := $(shell pkg-config --libs cmocka 2>/dev/null)
 SAN_FLAGS  := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 FUZZ_CC    ?= clang
 
-# The pure core (no I/O; json-c and uuid only), one static library linked by the worker, the
-# unit tests and the fuzz target.
+# The pure core (no I/O; json-c, uuid and gnutls's SHA-256 only), one static library linked by
+# the worker, the unit tests and the fuzz target.
 CORE_SRC   := $(wildcard common/*.c) worker/batch.c worker/plan.c worker/result.c \
-              worker/config.c worker/sqlstate.c
+              worker/config.c worker/sqlstate.c worker/apikeys.c
 # The worker's I/O modules: every other worker/*.c but main.c, so a new module needs no edit.
 IO_SRC     := $(filter-out worker/main.c $(CORE_SRC),$(wildcard worker/*.c))
 UNIT_TESTS := $(basename $(notdir $(wildcard tests/unit/test_*.c)))
