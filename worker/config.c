@@ -55,6 +55,20 @@ static const setting settings[] = {
      "PostgreSQL connections, each applying the transactions of its share of the partitions"},
     {"HEALTHZ_STALL_MS", "--healthz-stall-ms", S_INT, OFF(healthz_stall_ms), "60000", 1000, 3600000,
      "/healthz answers 503 when the main loop has not turned for this long (/readyz: half)"},
+    {"API_ADDR", "--api-addr", S_STR, OFF(api_addr), "127.0.0.1:8080", 0, 0,
+     "api: host:port the HTTP API listens on"},
+    {"API_KEYS_FILE", "--api-keys-file", S_STR, OFF(api_keys_file), NULL, 0, 0,
+     "api: clients, one \"ID sha256:HEX\" a line (required; re-read on SIGHUP)"},
+    {"API_MAX_BODY_BYTES", "--api-max-body-bytes", S_INT, OFF(api_max_body_bytes), "1000000", 1,
+     64 * 1024 * 1024, "api: largest request body (413 beyond; at most what the input topic takes)"},
+    {"API_RATE_LIMIT", "--api-rate-limit", S_INT, OFF(api_rate_limit), "0", 0, 100000000,
+     "api: items per second per client (429 beyond; 0: off)"},
+    {"API_PRODUCE_TIMEOUT_MS", "--api-produce-timeout-ms", S_INT, OFF(api_produce_timeout_ms),
+     "5000", 100, 600000, "api: longest wait for Kafka to confirm a request (503 beyond)"},
+    {"API_TLS_CERT", "--api-tls-cert", S_STR, OFF(api_tls_cert), NULL, 0, 0,
+     "api: PEM certificate (chain) file; with API_TLS_KEY, serve HTTPS"},
+    {"API_TLS_KEY", "--api-tls-key", S_STR, OFF(api_tls_key), NULL, 0, 0,
+     "api: PEM private key file of API_TLS_CERT"},
 };
 
 #define N_SETTINGS (sizeof settings / sizeof settings[0])

@@ -31,6 +31,14 @@ typedef struct mw_config {
     int db_connections;     /* lanes: partition p is applied on connection p % db_connections */
 #define MW_MAX_DB_CONNECTIONS 8 /* the most DATABASE_CONNECTIONS may be (one lane each) */
     int healthz_stall_ms;   /* /healthz fails when the main loop has not turned for this long */
+    /* metadata-worker api (docs/contract.md §8) */
+    char *api_addr;
+    char *api_keys_file;    /* NULL: `api` refuses to start (no unauthenticated mode) */
+    int api_max_body_bytes;
+    int api_rate_limit;     /* items per second per client; 0: off */
+    int api_produce_timeout_ms;
+    char *api_tls_cert;     /* both set: HTTPS */
+    char *api_tls_key;
     int n_props;            /* -X name=value pairs, in order */
     char **prop_names;
     char **prop_values;

@@ -54,24 +54,33 @@
 
 struct mw_http {
     struct MHD_Daemon *d;
-    mw_metrics *m;
-    const char *version;
-    pthread_mutex_t log_mu; /* libmicrohttpd logs from its own thread and from the caller's */
-    time_t log_window;      /* start of the current HTTP_LOG_WINDOW_S window */
-    unsigned log_count;     /* lines written in that window */
-    unsigned long log_dropped;
+    mw_http_probes probes;
+    http_log log;
 };
 
-static void log_dropped(mw_http *h) {
-    if (h->log_dropped)
+void http_log_init(http_log *l) {
+    memset(l, 0, sizeof *l);
+    pthread_mutex_init(&l->mu, NULL);
+    l->window = -HTTP_LOG_WINDOW_S;
+}
+
+static void log_dropped(http_log *l) {
+    if (l->dropped)
         log_write(LOG_WARN, "libmicrohttpd messages suppressed", LF_S("source", "libmicrohttpd"),
-                  LF_I("count", h->log_dropped), LF_I("window_s", HTTP_LOG_WINDOW_S), LF_END);
-    h->log_dropped = 0;
+                  LF_I("count", l->dropped), LF_I("window_s", HTTP_LOG_WINDOW_S), LF_END);
+    l->dropped = 0;
+}
+
+void http_log_term(http_log *l) {
+    pthread_mutex_lock(&l->mu);
+    log_dropped(l);
+    pthread_mutex_unlock(&l->mu);
+    pthread_mutex_destroy(&l->mu);
 }
 
 /* MHD_OPTION_EXTERNAL_LOGGER: libmicrohttpd's messages as JSON lines, never raw stderr. */
-static void mhd_log(void *cls, const char *fmt, va_list ap) {
-    mw_http *h = cls;
+void http_mhd_log(void *cls, const char *fmt, va_list ap) {
+    http_log *l = cls;
     char buf[512];
     int n = vsnprintf(buf, sizeof buf, fmt, ap);
     if (n < 0) snprintf(buf, sizeof buf, "(unformattable message)");
@@ -80,29 +89,69 @@ static void mhd_log(void *cls, const char *fmt, va_list ap) {
         buf[--len] = '\0';
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    pthread_mutex_lock(&h->log_mu);
-    if (ts.tv_sec - h->log_window >= HTTP_LOG_WINDOW_S) {
-        log_dropped(h);
-        h->log_window = ts.tv_sec;
-        h->log_count = 0;
+    pthread_mutex_lock(&l->mu);
+    if (ts.tv_sec - l->window >= HTTP_LOG_WINDOW_S) {
+        log_dropped(l);
+        l->window = ts.tv_sec;
+        l->count = 0;
     }
-    if (h->log_count < HTTP_LOG_BURST) {
-        h->log_count++;
+    if (l->count < HTTP_LOG_BURST) {
+        l->count++;
         log_write(LOG_WARN, buf, LF_S("source", "libmicrohttpd"), LF_END);
     } else {
-        h->log_dropped++;
+        l->dropped++;
     }
-    pthread_mutex_unlock(&h->log_mu);
+    pthread_mutex_unlock(&l->mu);
 }
 
-/* HTTP_MAX_CONNECTIONS, but never more than 1/HTTP_FD_SHARE of the soft fd limit. */
-static unsigned connection_limit(void) {
-    unsigned lim = HTTP_MAX_CONNECTIONS;
+unsigned http_connection_limit(unsigned want, unsigned fd_share) {
+    unsigned lim = want;
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
-        rl.rlim_cur / HTTP_FD_SHARE < lim)
-        lim = rl.rlim_cur / HTTP_FD_SHARE ? (unsigned)(rl.rlim_cur / HTTP_FD_SHARE) : 1u;
+        rl.rlim_cur / fd_share < lim)
+        lim = rl.rlim_cur / fd_share ? (unsigned)(rl.rlim_cur / fd_share) : 1u;
     return lim;
+}
+
+unsigned http_poll_flags(const char **poller) {
+    /* epoll (else poll): no FD_SETSIZE ceiling on descriptor numbers, unlike select. */
+    *poller = "epoll";
+    if (MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES)
+        return MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
+    *poller = "poll";
+    if (MHD_is_feature_supported(MHD_FEATURE_POLL) == MHD_YES)
+        return MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
+    *poller = "select";
+    return MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+}
+
+int http_resolve(const char *addr, const char *setting, struct addrinfo **res, char *errstr,
+                 size_t errstr_size) {
+    char host[256];
+    const char *colon = strrchr(addr, ':');
+    if (!colon || !colon[1]) {
+        snprintf(errstr, errstr_size, "%s: expected host:port", setting);
+        return -1;
+    }
+    size_t hl = (size_t)(colon - addr);
+    if (hl >= sizeof host) hl = sizeof host - 1;
+    memcpy(host, addr, hl);
+    host[hl] = '\0';
+    if (host[0] == '[' && hl > 1 && host[hl - 1] == ']') { /* [v6]:port */
+        memmove(host, host + 1, hl - 2);
+        host[hl - 2] = '\0';
+    }
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    int gai = getaddrinfo(host[0] ? host : NULL, colon + 1, &hints, res);
+    if (gai != 0) {
+        snprintf(errstr, errstr_size, "%s: %s", setting, gai_strerror(gai));
+        return -1;
+    }
+    return 0;
 }
 
 static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const char *type,
@@ -129,78 +178,44 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     if (strcmp(url, "/metrics") == 0) {
         jsonw w;
         jsonw_init(&w);
-        metrics_render(h->m, h->version, &w);
+        h->probes.render(h->probes.cls, &w);
         size_t len = w.len;
         char *body = jsonw_take(&w);
         if (!body) return reply(c, 500, "text/plain", "out of memory\n", 14, 0);
         return reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", body, len, 1);
     }
     if (strcmp(url, "/healthz") == 0) {
-        if (metrics_healthy(h->m)) return reply(c, 200, "text/plain", "ok\n", 3, 0);
+        if (h->probes.healthy(h->probes.cls)) return reply(c, 200, "text/plain", "ok\n", 3, 0);
         return reply(c, 503, "text/plain", "main loop stalled\n", 18, 0);
     }
     if (strcmp(url, "/readyz") == 0) {
-        if (metrics_ready(h->m)) return reply(c, 200, "text/plain", "ready\n", 6, 0);
+        if (h->probes.ready(h->probes.cls)) return reply(c, 200, "text/plain", "ready\n", 6, 0);
         return reply(c, 503, "text/plain", "not ready\n", 10, 0);
     }
     return reply(c, 404, "text/plain", "not found\n", 10, 0);
 }
 
-mw_http *http_start(const char *addr, mw_metrics *m, const char *version, char *errstr,
+mw_http *http_start(const char *addr, const mw_http_probes *probes, char *errstr,
                     size_t errstr_size) {
-    char host[256];
-    const char *colon = strrchr(addr, ':');
-    if (!colon || !colon[1]) {
-        snprintf(errstr, errstr_size, "METRICS_ADDR: expected host:port");
-        return NULL;
-    }
-    size_t hl = (size_t)(colon - addr);
-    if (hl >= sizeof host) hl = sizeof host - 1;
-    memcpy(host, addr, hl);
-    host[hl] = '\0';
-    if (host[0] == '[' && hl > 1 && host[hl - 1] == ']') { /* [v6]:port */
-        memmove(host, host + 1, hl - 2);
-        host[hl - 2] = '\0';
-    }
-    struct addrinfo hints, *res = NULL;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE;
-    int gai = getaddrinfo(host[0] ? host : NULL, colon + 1, &hints, &res);
-    if (gai != 0) {
-        snprintf(errstr, errstr_size, "METRICS_ADDR: %s", gai_strerror(gai));
-        return NULL;
-    }
+    struct addrinfo *res = NULL;
+    if (http_resolve(addr, "METRICS_ADDR", &res, errstr, errstr_size)) return NULL;
     mw_http *h = calloc(1, sizeof *h);
     if (!h) {
         freeaddrinfo(res);
         snprintf(errstr, errstr_size, "out of memory");
         return NULL;
     }
-    h->m = m;
-    h->version = version;
-    pthread_mutex_init(&h->log_mu, NULL);
-    h->log_window = -HTTP_LOG_WINDOW_S;
-
-    /* epoll (else poll): no FD_SETSIZE ceiling on descriptor numbers, unlike select. */
-    const char *poller = "epoll";
-    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
-    if (MHD_is_feature_supported(MHD_FEATURE_EPOLL) != MHD_YES) {
-        poller = "poll";
-        flags = MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
-        if (MHD_is_feature_supported(MHD_FEATURE_POLL) != MHD_YES) {
-            poller = "select";
-            flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
-        }
-    }
+    h->probes = *probes;
+    http_log_init(&h->log);
+    const char *poller;
+    unsigned flags = http_poll_flags(&poller);
     if (res->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
-    unsigned max_conn = connection_limit();
+    unsigned max_conn = http_connection_limit(HTTP_MAX_CONNECTIONS, HTTP_FD_SHARE);
     unsigned per_ip = HTTP_MAX_PER_IP;
     if (per_ip > max_conn / 2) per_ip = max_conn / 2 ? max_conn / 2 : 1u;
     /* The logger goes first so that even start-up messages are JSON. */
     h->d = MHD_start_daemon(flags, 0, NULL, NULL, handler, h,
-                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
+                            MHD_OPTION_EXTERNAL_LOGGER, http_mhd_log, &h->log,
                             MHD_OPTION_SOCK_ADDR, res->ai_addr,
                             MHD_OPTION_CONNECTION_LIMIT, max_conn,
                             MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip,
@@ -210,7 +225,7 @@ mw_http *http_start(const char *addr, mw_metrics *m, const char *version, char *
     freeaddrinfo(res);
     if (!h->d) {
         snprintf(errstr, errstr_size, "METRICS_ADDR: cannot listen on %s", addr);
-        pthread_mutex_destroy(&h->log_mu);
+        http_log_term(&h->log);
         free(h);
         return NULL;
     }
@@ -223,9 +238,6 @@ mw_http *http_start(const char *addr, mw_metrics *m, const char *version, char *
 void http_stop(mw_http *h) {
     if (!h) return;
     MHD_stop_daemon(h->d);
-    pthread_mutex_lock(&h->log_mu);
-    log_dropped(h);
-    pthread_mutex_unlock(&h->log_mu);
-    pthread_mutex_destroy(&h->log_mu);
+    http_log_term(&h->log);
     free(h);
 }

@@ -100,6 +100,11 @@ static void close_consumer(ingest *ing) {
     ing->consumer = NULL;
 }
 
+/* METRICS_ADDR's answers: the worker's metrics. */
+static void probe_render(void *m, jsonw *out) { metrics_render(m, MW_VERSION, out); }
+static int probe_healthy(void *m) { return metrics_healthy(m); }
+static int probe_ready(void *m) { return metrics_ready(m); }
+
 /* Creates the metrics, the HTTP endpoint, the lanes and the Kafka clients, waits for
  * PostgreSQL and subscribes. Returns 0; 1 after an error; 2 when stopped while waiting
  * (a clean exit). */
@@ -116,7 +121,8 @@ static int setup(ingest *ing) {
     }
     ing->m->stall_ms = cfg->healthz_stall_ms;
     if (cfg->metrics_addr) {
-        ing->http = http_start(cfg->metrics_addr, ing->m, MW_VERSION, ing->errstr, sizeof ing->errstr);
+        const mw_http_probes probes = {probe_render, probe_healthy, probe_ready, ing->m};
+        ing->http = http_start(cfg->metrics_addr, &probes, ing->errstr, sizeof ing->errstr);
         if (!ing->http) {
             log_write(LOG_ERROR, ing->errstr, LF_END);
             return 1;
