@@ -150,3 +150,34 @@ rd_kafka_t *kafka_producer_new(const mw_config *cfg, kafka_dr_fn dr, void *opaqu
     }
     return rk;
 }
+
+rd_kafka_t *kafka_api_producer_new(const mw_config *cfg, kafka_dr_fn dr, void *opaque,
+                                   int queue_kbytes, char *errstr, size_t errstr_size) {
+    char timeout[16], max_bytes[16], kbytes[16];
+    snprintf(timeout, sizeof timeout, "%d", cfg->api_produce_timeout_ms);
+    /* The body plus key, headers and record overhead. */
+    snprintf(max_bytes, sizeof max_bytes, "%d", cfg->api_max_body_bytes + 65536);
+    snprintf(kbytes, sizeof kbytes, "%d", queue_kbytes);
+    const char *const defaults[] = {
+        "enable.idempotence", "true",
+        "acks", "all",
+        /* A request waits for its confirmation: batching longer than a few ms adds latency. */
+        "linger.ms", "2",
+        "partitioner", "murmur2_random", /* same key (client id), same partition: ordered */
+        "message.timeout.ms", timeout,
+        "message.max.bytes", max_bytes,
+        "queue.buffering.max.kbytes", kbytes,
+        NULL};
+    rd_kafka_conf_t *conf = base_conf(cfg, opaque, defaults, errstr, errstr_size);
+    if (!conf) return NULL;
+    rd_kafka_conf_set_dr_msg_cb(conf, dr);
+    char e[512];
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, e, sizeof e);
+    if (!rk) {
+        rd_kafka_conf_destroy(conf);
+        snprintf(errstr, errstr_size, "cannot create the Kafka producer: %s", e);
+        return NULL;
+    }
+    /* conf is now owned, and freed, by rk. */
+    return rk;
+}

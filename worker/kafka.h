@@ -27,4 +27,10 @@ rd_kafka_t *kafka_consumer_new(const mw_config *cfg, kafka_rebalance_fn rebalanc
 rd_kafka_t *kafka_producer_new(const mw_config *cfg, kafka_dr_fn dr, void *opaque,
                                char *errstr, size_t errstr_size);
 
+/* The producer of `metadata-worker api` (docs/contract.md §8): idempotent, acks=all, each
+ * message confirmed or failed within API_PRODUCE_TIMEOUT_MS (message.timeout.ms), its queue
+ * bounded to queue_kbytes (a full queue fails the produce call: backpressure). */
+rd_kafka_t *kafka_api_producer_new(const mw_config *cfg, kafka_dr_fn dr, void *opaque,
+                                   int queue_kbytes, char *errstr, size_t errstr_size);
+
 #endif

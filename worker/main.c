@@ -3,16 +3,20 @@
  *   metadata-worker [run]        consume, validate, upsert, publish results (default)
  *   metadata-worker migrate      apply schemas/ to the database and exit
  *   metadata-worker validate F   print the API response for one batch message (F or -)
+ *   metadata-worker api          serve the HTTP API in front of the input topic (§8)
+ *   metadata-worker api-key ID   print a new secret for client ID and its API_KEYS_FILE line
  * See README.md and docs/contract.md §1.
  */
 #include <errno.h>
 #include <malloc.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "api.h"
 #include "config.h"
 #include "../common/jsonw.h"
 #include "../common/log.h"
@@ -25,12 +29,14 @@
 #define MW_VERSION "dev"
 #endif
 
-/* The only mutable global: cleared by SIGTERM/SIGINT. */
+/* The only mutable globals, the signal flags: run cleared by SIGTERM/SIGINT, reload set by
+ * SIGHUP (`api` re-reads API_KEYS_FILE). */
 static volatile sig_atomic_t run = 1;
+static volatile sig_atomic_t reload = 0;
 
 static void on_signal(int sig) {
-    (void)sig;
-    run = 0;
+    if (sig == SIGHUP) reload = 1;
+    else run = 0;
 }
 
 static void usage(FILE *out, const char *cmd) {
@@ -40,11 +46,23 @@ static void usage(FILE *out, const char *cmd) {
                 "Consumes batch messages, validates every item, upserts the valid ones into\n"
                 "PostgreSQL and publishes one result message per item. Stops cleanly on\n"
                 "SIGTERM or SIGINT.\n\n"
-                "Other commands: metadata-worker migrate | validate FILE|-  (each takes --help)\n\n");
+                "Other commands: metadata-worker migrate | validate FILE|- | api | api-key ID\n"
+                "(each takes --help)\n\n");
     } else if (strcmp(cmd, "migrate") == 0) {
         fprintf(out, "Usage: metadata-worker migrate [options]\n"
                      "Applies the schema (tables and functions) to DATABASE_URL and exits.\n"
                      "Idempotent; safe to run from several hosts at once.\n\n");
+    } else if (strcmp(cmd, "api") == 0) {
+        fprintf(out, "Usage: metadata-worker api [options]\n"
+                     "Serves POST /metadata-ingestion/v1/many-customer-metadata on API_ADDR and\n"
+                     "appends each accepted request body to KAFKA_INPUT_TOPIC, answering once\n"
+                     "Kafka confirmed it (docs/contract.md §8). SIGHUP re-reads API_KEYS_FILE;\n"
+                     "SIGTERM stops accepting and finishes the requests in hand.\n\n");
+    } else if (strcmp(cmd, "api-key") == 0) {
+        fprintf(out, "Usage: metadata-worker api-key ID\n"
+                     "Prints a new random secret for client ID (shown once, stored nowhere) and\n"
+                     "the line \"ID sha256:HEX\" to add to API_KEYS_FILE.\n\n");
+        return;
     } else {
         fprintf(out, "Usage: metadata-worker validate [options] FILE|-\n"
                      "Reads one batch message from FILE (or standard input with -) and prints\n"
@@ -143,8 +161,10 @@ int main(int argc, char **argv) {
         cmd = argv[1];
         first = 2;
     }
-    if (strcmp(cmd, "run") && strcmp(cmd, "migrate") && strcmp(cmd, "validate")) {
-        fprintf(stderr, "metadata-worker: unknown command \"%s\" (run, migrate, validate; see --help)\n", cmd);
+    if (strcmp(cmd, "run") && strcmp(cmd, "migrate") && strcmp(cmd, "validate") &&
+        strcmp(cmd, "api") && strcmp(cmd, "api-key")) {
+        fprintf(stderr, "metadata-worker: unknown command \"%s\" (run, migrate, validate, api, "
+                        "api-key; see --help)\n", cmd);
         return 2;
     }
     if (argc > 1 && strcmp(argv[1], "--version") == 0) {
@@ -175,6 +195,7 @@ int main(int argc, char **argv) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     /* Secrets no log line may show: -X values that are credentials or keys, the password
@@ -185,7 +206,8 @@ int main(int argc, char **argv) {
             strstr(cfg.prop_names[i], ".pem") || strstr(cfg.prop_names[i], "oauthbearer.config") ||
             strstr(cfg.prop_names[i], "jaas"))
             log_add_secret(cfg.prop_values[i]);
-    if (strcmp(cmd, "validate") != 0 && db_conninfo_check(cfg.database_url, err, sizeof err)) {
+    bool uses_db = strcmp(cmd, "run") == 0 || strcmp(cmd, "migrate") == 0;
+    if (uses_db && db_conninfo_check(cfg.database_url, err, sizeof err)) {
         log_write(LOG_ERROR, err, LF_END);
         config_free(&cfg);
         return 1;
@@ -196,9 +218,18 @@ int main(int argc, char **argv) {
         rc = cmd_validate(&cfg);
     } else if (strcmp(cmd, "migrate") == 0) {
         rc = cmd_migrate(&cfg);
+    } else if (strcmp(cmd, "api-key") == 0) {
+        if (cfg.n_args != 1) {
+            fprintf(stderr, "metadata-worker api-key: expected one client ID\n");
+            rc = 2;
+        } else {
+            rc = api_key_command(cfg.args[0]);
+        }
     } else if (cfg.n_args) {
-        fprintf(stderr, "metadata-worker run: unexpected argument \"%s\"\n", cfg.args[0]);
+        fprintf(stderr, "metadata-worker %s: unexpected argument \"%s\"\n", cmd, cfg.args[0]);
         rc = 2;
+    } else if (strcmp(cmd, "api") == 0) {
+        rc = api_run(&cfg, &run, &reload);
     } else {
         rc = ingest_run(&cfg, &run);
     }

@@ -65,13 +65,8 @@ void metrics_observe(mw_hist *h, double v) {
     }
 }
 
-void metrics_parse_stats(mw_metrics *m, const char *json, size_t len) {
-    json_tokener *tok = json_tokener_new();
-    if (!tok) return;
-    json_object *root = json_tokener_parse_ex(tok, json, (int)len);
-    json_tokener_free(tok);
-    if (!root) return;
-    json_object *brokers, *topics;
+static int brokers_up(json_object *root) {
+    json_object *brokers;
     int up = 0;
     if (json_object_object_get_ex(root, "brokers", &brokers)) {
         json_object_object_foreach(brokers, bname, b) {
@@ -85,7 +80,27 @@ void metrics_parse_stats(mw_metrics *m, const char *json, size_t len) {
             (void)bname;
         }
     }
-    atomic_store(&m->kafka_up, up);
+    return up;
+}
+
+int metrics_stats_brokers_up(const char *json, size_t len) {
+    json_tokener *tok = json_tokener_new();
+    if (!tok) return 0;
+    json_object *root = json_tokener_parse_ex(tok, json, (int)len);
+    json_tokener_free(tok);
+    int up = root ? brokers_up(root) : 0;
+    json_object_put(root);
+    return up;
+}
+
+void metrics_parse_stats(mw_metrics *m, const char *json, size_t len) {
+    json_tokener *tok = json_tokener_new();
+    if (!tok) return;
+    json_object *root = json_tokener_parse_ex(tok, json, (int)len);
+    json_tokener_free(tok);
+    if (!root) return;
+    json_object *topics;
+    atomic_store(&m->kafka_up, brokers_up(root));
     json_object *cgrp, *cstate;
     if (json_object_object_get_ex(root, "cgrp", &cgrp) &&
         json_object_object_get_ex(cgrp, "state", &cstate))
@@ -251,4 +266,59 @@ void metrics_render(mw_metrics *m, const char *version, jsonw *out) {
         line(out, "metadata_worker_consumer_lag{topic=\"%s\",partition=\"%d\"} %lld\n",
              t->e[i].topic, (int)t->e[i].partition, (long long)t->e[i].lag);
     pthread_mutex_unlock(&t->mu);
+}
+
+/* ---- metadata-worker api ---- */
+
+static const double api_sec_bounds[MW_HIST_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                                       0.1, 0.25, 0.5, 1, 2.5, 5};
+
+const int mw_api_statuses[MW_API_STATUS_COUNT] = {200, 400, 401, 404, 405, 413, 415, 429, 500,
+                                                  503, 0};
+
+mw_api_metrics *metrics_api_new(void) {
+    mw_api_metrics *m = calloc(1, sizeof *m);
+    if (m) m->latency.bounds = api_sec_bounds;
+    return m;
+}
+
+void metrics_api_destroy(mw_api_metrics *m) { free(m); }
+
+void metrics_api_count(mw_api_metrics *m, int status) {
+    int i = 0;
+    while (i < MW_API_STATUS_COUNT - 1 && mw_api_statuses[i] != status) i++;
+    atomic_fetch_add(&m->requests[i], 1);
+}
+
+int metrics_api_ready(mw_api_metrics *m) {
+    return atomic_load(&m->kafka_up) && atomic_load(&m->keys_loaded) > 0;
+}
+
+void metrics_api_render(mw_api_metrics *m, const char *version, jsonw *out) {
+    head(out, "build_info", "gauge", "Build information.");
+    line(out, "metadata_worker_build_info{version=\"%s\"} 1\n", version);
+    gauge(out, "up", "1 while the API runs.", 1);
+    gauge(out, "ready", "1 when Kafka answers and keys are loaded.", metrics_api_ready(m));
+    gauge(out, "kafka_up", "1 when the last metadata request to Kafka succeeded.",
+          atomic_load(&m->kafka_up));
+    gauge(out, "api_keys_loaded", "Clients in API_KEYS_FILE as last loaded.",
+          atomic_load(&m->keys_loaded));
+    head(out, "api_requests_total", "counter", "API requests answered, by status.");
+    for (int i = 0; i < MW_API_STATUS_COUNT; i++) {
+        if (mw_api_statuses[i])
+            line(out, "metadata_worker_api_requests_total{status=\"%d\"} %llu\n",
+                 mw_api_statuses[i], atomic_load(&m->requests[i]));
+        else
+            line(out, "metadata_worker_api_requests_total{status=\"other\"} %llu\n",
+                 atomic_load(&m->requests[i]));
+    }
+    counter(out, "api_items_accepted_total", "Items of requests answered 200 (in Kafka).",
+            atomic_load(&m->items_accepted));
+    counter(out, "api_bytes_accepted_total", "Bytes of request bodies answered 200.",
+            atomic_load(&m->bytes_accepted));
+    gauge(out, "api_in_flight", "Requests received and not yet answered.",
+          atomic_load(&m->in_flight));
+    gauge(out, "api_buffered_bytes", "Request bodies held in memory (bounded).",
+          atomic_load(&m->buffered_bytes));
+    hist(out, "api_request_seconds", "From a request's first byte to its answer.", &m->latency);
 }

@@ -85,4 +85,29 @@ int metrics_ready(mw_metrics *m);
 /* Prometheus text exposition format 0.0.4. */
 void metrics_render(mw_metrics *m, const char *version, jsonw *out);
 
+/* 1 when librdkafka's statistics JSON shows a real broker (not a bootstrap entry) UP. */
+int metrics_stats_brokers_up(const char *json, size_t len);
+
+/* `metadata-worker api` (docs/contract.md §8): written by the HTTP thread and the Kafka
+ * delivery thread, read by the METRICS_ADDR thread; all atomics. */
+#define MW_API_STATUS_COUNT 11
+extern const int mw_api_statuses[MW_API_STATUS_COUNT]; /* the statuses counted, the last 0: other */
+
+typedef struct mw_api_metrics {
+    atomic_ullong requests[MW_API_STATUS_COUNT]; /* by mw_api_statuses' index */
+    atomic_ullong items_accepted;  /* items of requests answered 200 */
+    atomic_ullong bytes_accepted;  /* their bodies */
+    atomic_int in_flight;          /* requests between their first byte and their answer */
+    atomic_llong buffered_bytes;   /* request bodies held (reading or waiting for Kafka) */
+    atomic_int kafka_up;           /* the last metadata request to the brokers succeeded */
+    atomic_int keys_loaded;        /* clients in the keys in use */
+    mw_hist latency;               /* seconds from the first byte to the answer */
+} mw_api_metrics;
+
+mw_api_metrics *metrics_api_new(void);
+void metrics_api_destroy(mw_api_metrics *m);
+void metrics_api_count(mw_api_metrics *m, int status);
+int metrics_api_ready(mw_api_metrics *m);
+void metrics_api_render(mw_api_metrics *m, const char *version, jsonw *out);
+
 #endif
