@@ -22,7 +22,8 @@ static const char *const all_env[] = {
     "KAFKA_BROKERS", "KAFKA_GROUP_ID", "KAFKA_INPUT_TOPIC", "KAFKA_RESULTS_TOPIC",
     "KAFKA_DLQ_TOPIC", "DATABASE_URL", "METRICS_ADDR", "LOG_LEVEL", "MAX_BATCH_ITEMS",
     "TXN_MAX_ITEMS", "TXN_BACKLOG_ITEMS", "TXN_MAX_WAIT_MS", "SHUTDOWN_TIMEOUT_MS", "RETRY_MAX_MS",
-    "DATABASE_CONNECTIONS", "HEALTHZ_STALL_MS",
+    "DATABASE_CONNECTIONS", "HEALTHZ_STALL_MS", "API_ADDR", "API_KEYS_FILE",
+    "API_MAX_BODY_BYTES", "API_RATE_LIMIT", "API_PRODUCE_TIMEOUT_MS", "API_TLS_CERT", "API_TLS_KEY",
 };
 
 /* Every test starts (and ends) with none of the settings in the environment. */
@@ -93,6 +94,20 @@ static const setting_row settings[] = {
      "3", 3, "5"},
     {"HEALTHZ_STALL_MS", "--healthz-stall-ms", INT, OFF(healthz_stall_ms), NULL, 60000,
      "1000", 1000, "42000"},
+    {"API_ADDR", "--api-addr", STR, OFF(api_addr), "127.0.0.1:8080", 0,
+     "0.0.0.0:443", 0, "127.0.0.1:1"},
+    {"API_KEYS_FILE", "--api-keys-file", STR, OFF(api_keys_file), NULL, 0,
+     "/etc/mw/keys", 0, "env.keys"},
+    {"API_MAX_BODY_BYTES", "--api-max-body-bytes", INT, OFF(api_max_body_bytes), NULL, 1000000,
+     "2000", 2000, "42"},
+    {"API_RATE_LIMIT", "--api-rate-limit", INT, OFF(api_rate_limit), NULL, 0,
+     "500", 500, "42"},
+    {"API_PRODUCE_TIMEOUT_MS", "--api-produce-timeout-ms", INT, OFF(api_produce_timeout_ms),
+     NULL, 5000, "1500", 1500, "420"},
+    {"API_TLS_CERT", "--api-tls-cert", STR, OFF(api_tls_cert), NULL, 0,
+     "/etc/mw/cert.pem", 0, "env.pem"},
+    {"API_TLS_KEY", "--api-tls-key", STR, OFF(api_tls_key), NULL, 0,
+     "/etc/mw/key.pem", 0, "env.key"},
 };
 
 static const char *get_str(const mw_config *c, const setting_row *s) {
