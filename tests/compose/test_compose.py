@@ -30,7 +30,7 @@ COMPOSE = os.path.join(ROOT, "docker-compose.yml")
 DOCKERFILE = os.path.join(ROOT, "Dockerfile")
 CONFIG_C = os.path.join(ROOT, "worker", "config.c")
 
-SERVICES = ("kafka", "kafka-init", "postgres", "migrate", "worker")
+SERVICES = ("kafka", "kafka-init", "postgres", "migrate", "worker", "api")
 TOPIC_SETTINGS = ("KAFKA_INPUT_TOPIC", "KAFKA_RESULTS_TOPIC", "KAFKA_DLQ_TOPIC")
 
 
@@ -148,7 +148,7 @@ class ComposeTest(unittest.TestCase):
         self.assertNotIn("hostname", worker)
 
     def test_worker_and_migrate_env_names_are_settings(self):
-        for name in ("worker", "migrate"):
+        for name in ("worker", "migrate", "api"):
             for env in environment(self.services[name]):
                 self.assertIn(env, self.settings,
                               "%s sets %s, which worker/config.c does not read" % (name, env))
@@ -187,6 +187,25 @@ class ComposeTest(unittest.TestCase):
         if shutdown is not None:
             self.assertLess(int(shutdown) / 1000.0, grace,
                             "SHUTDOWN_TIMEOUT_MS must end before stop_grace_period")
+
+    def test_api_in_front_of_the_same_topic(self):
+        api, worker = self.services["api"], self.services["worker"]
+        self.assertEqual(api.get("command"), ["api"])
+        self.assertEqual(api.get("image"), worker.get("image"))
+        env = environment(api)
+        self.assertEqual(env.get("KAFKA_INPUT_TOPIC"), environment(worker).get("KAFKA_INPUT_TOPIC"))
+        self.assertEqual(env.get("KAFKA_BROKERS"), environment(worker).get("KAFKA_BROKERS"))
+        self.assertTrue(env.get("API_KEYS_FILE"), "the API has no unauthenticated mode")
+        self.assertTrue(any(str(v).endswith(":" + env["API_KEYS_FILE"] + ":ro")
+                            for v in api.get("volumes") or []), "the keys file is mounted read-only")
+        self.assertTrue(env.get("API_ADDR", "").startswith("0.0.0.0:"), "reachable from outside")
+        port = env["API_ADDR"].rsplit(":", 1)[1]
+        self.assertIn(f"{port}:{port}", [str(p) for p in api.get("ports") or []])
+        grace = duration_seconds(api.get("stop_grace_period", "10s"))
+        self.assertLess(int(env.get("SHUTDOWN_TIMEOUT_MS", "20000")) / 1000.0, grace)
+        deps = api.get("depends_on") or {}
+        self.assertEqual((deps.get("kafka-init") or {}).get("condition"),
+                         "service_completed_successfully")
 
     def test_kafka_single_node_kraft(self):
         kafka = self.services["kafka"]
