@@ -108,6 +108,37 @@ static void warm_up(rd_kafka_t *rk, const char *const *topics) {
     }
 }
 
+/* One cluster for all the tests of a program: destroying one takes up to a second with
+ * librdkafka 2.0.2 (its threads miss a wake-up, as above). */
+static rd_kafka_t *cluster_host;
+static rd_kafka_mock_cluster_t *cluster;
+static int n_fixtures;
+
+int fx_cluster_up(void **state) {
+    (void)state;
+    rd_kafka_conf_t *hc = rd_kafka_conf_new();
+    conf_set(hc, "log_level", "3");
+    cluster_host = client_new(RD_KAFKA_PRODUCER, hc);
+    cluster = rd_kafka_mock_cluster_new(cluster_host, 2);
+    assert_non_null(cluster);
+    mock_settle();
+    return 0;
+}
+
+int fx_cluster_down(void **state) {
+    (void)state;
+    mock_settle(); /* the clients' disconnections are served first */
+    rd_kafka_mock_cluster_destroy(cluster);
+    rd_kafka_destroy(cluster_host);
+    cluster = NULL;
+    return 0;
+}
+
+void fx_mock(fixture *fx, int32_t broker, rd_kafka_resp_err_t err, int rtt_ms, int count) {
+    for (int i = 0; i < count; i++)
+        MOCK(rd_kafka_mock_broker_push_request_error_rtts(fx->mc, broker, FX_PRODUCE, 1, err, rtt_ms));
+}
+
 static void on_fed(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
     (void)rk;
     (void)opaque;
@@ -123,35 +154,37 @@ fixture *fx_new(const fx_opts *o) {
     assert_non_null(fx);
     current = fx;
 
-    rd_kafka_conf_t *hc = rd_kafka_conf_new();
-    conf_set(hc, "log_level", "3");
-    fx->host = client_new(RD_KAFKA_PRODUCER, hc);
-    fx->mc = rd_kafka_mock_cluster_new(fx->host, 2);
-    assert_non_null(fx->mc);
-    mock_settle();
-    MOCK(rd_kafka_mock_topic_create(fx->mc, FX_IN, 4, 1));
-    MOCK(rd_kafka_mock_topic_create(fx->mc, FX_RESULTS, 1, 1));
-    MOCK(rd_kafka_mock_topic_create(fx->mc, FX_DLQ, 1, 1));
+    /* This test's topics and group: the cluster outlives the test. */
+    assert_non_null(cluster);
+    fx->mc = cluster;
+    fx->n = ++n_fixtures;
+    snprintf(fx->in, sizeof fx->in, "in.%d", fx->n);
+    snprintf(fx->results, sizeof fx->results, "results.%d", fx->n);
+    snprintf(fx->dlq, sizeof fx->dlq, "dlq.%d", fx->n);
+    snprintf(fx->group, sizeof fx->group, "group.%d", fx->n);
+    MOCK(rd_kafka_mock_topic_create(fx->mc, fx->in, 4, 1));
+    MOCK(rd_kafka_mock_topic_create(fx->mc, fx->results, 1, 1));
+    MOCK(rd_kafka_mock_topic_create(fx->mc, fx->dlq, 1, 1));
     for (int p = 0; p < 4; p++)
-        MOCK(rd_kafka_mock_partition_set_leader(fx->mc, FX_IN, p, FX_BROKER_RESULTS));
-    MOCK(rd_kafka_mock_partition_set_leader(fx->mc, FX_RESULTS, 0, FX_BROKER_RESULTS));
-    MOCK(rd_kafka_mock_partition_set_leader(fx->mc, FX_DLQ, 0, FX_BROKER_DLQ));
+        MOCK(rd_kafka_mock_partition_set_leader(fx->mc, fx->in, p, FX_BROKER_RESULTS));
+    MOCK(rd_kafka_mock_partition_set_leader(fx->mc, fx->results, 0, FX_BROKER_RESULTS));
+    MOCK(rd_kafka_mock_partition_set_leader(fx->mc, fx->dlq, 0, FX_BROKER_DLQ));
 
     rd_kafka_conf_t *fc = client_conf(fx);
     conf_set(fc, "linger.ms", "0");
     rd_kafka_conf_set_dr_msg_cb(fc, on_fed);
     fx->feeder = client_new(RD_KAFKA_PRODUCER, fc);
-    warm_up(fx->feeder, (const char *const[]){FX_IN, NULL});
+    warm_up(fx->feeder, (const char *const[]){fx->in, NULL});
 
     int n_lanes = o->n_lanes ? o->n_lanes : 2;
     int max_items = o->txn_max_items ? o->txn_max_items : 1000;
     fx->run = 1;
     fx->cfg = (mw_config){
         .kafka_brokers = (char *)rd_kafka_mock_cluster_bootstraps(fx->mc),
-        .group_id = "g",
-        .input_topic = FX_IN,
-        .results_topic = FX_RESULTS,
-        .dlq_topic = FX_DLQ,
+        .group_id = fx->group,
+        .input_topic = fx->in,
+        .results_topic = fx->results,
+        .dlq_topic = fx->dlq,
         .log_level = LOG_ERROR,
         .max_batch_items = 10000,
         .txn_max_items = max_items,
@@ -183,7 +216,7 @@ fixture *fx_new(const fx_opts *o) {
     rd_kafka_conf_set_dr_msg_cb(pc, on_delivery);
     rd_kafka_conf_set_opaque(pc, ing);
     ing->producer = client_new(RD_KAFKA_PRODUCER, pc);
-    warm_up(ing->producer, (const char *const[]){FX_RESULTS, FX_DLQ, NULL});
+    warm_up(ing->producer, (const char *const[]){fx->results, fx->dlq, NULL});
 
     rd_kafka_conf_t *cc = client_conf(fx);
     conf_set(cc, "group.id", fx->cfg.group_id);
@@ -197,7 +230,7 @@ fixture *fx_new(const fx_opts *o) {
     rd_kafka_poll_set_consumer(ing->consumer);
     rd_kafka_topic_partition_list_t *a = rd_kafka_topic_partition_list_new(4);
     for (int p = 0; p < 4; p++)
-        rd_kafka_topic_partition_list_add(a, FX_IN, p)->offset = 0; /* BEGINNING would wait 500 ms for a ListOffsets */
+        rd_kafka_topic_partition_list_add(a, fx->in, p)->offset = 0; /* BEGINNING would wait 500 ms for a ListOffsets */
     assert_int_equal(rd_kafka_assign(ing->consumer, a), 0);
     rd_kafka_topic_partition_list_destroy(a);
     return fx;
@@ -219,8 +252,12 @@ void fx_free(fixture *fx) {
     metrics_destroy(ing->m);
     free(ing);
     rd_kafka_destroy(fx->feeder);
-    rd_kafka_mock_cluster_destroy(fx->mc);
-    rd_kafka_destroy(fx->host);
+    /* No injected error may be left for the next test. */
+    for (int b = 1; b <= 2; b++) {
+        size_t cnt = 0; /* left as is when the broker never had an error pushed */
+        assert_int_equal(rd_kafka_mock_broker_error_stack_cnt(fx->mc, b, FX_PRODUCE, &cnt), 0);
+        assert_int_equal(cnt, 0);
+    }
     for (int i = 0; i < fx->n_dr; i++) free(fx->dr[i].value);
     free(fx->dr);
     free(fx);
@@ -231,7 +268,7 @@ void fx_free(fixture *fx) {
 
 int64_t fx_feed(fixture *fx, int32_t part, const char *value, size_t len) {
     int64_t off = -2;
-    assert_int_equal(rd_kafka_producev(fx->feeder, RD_KAFKA_V_TOPIC(FX_IN), RD_KAFKA_V_PARTITION(part),
+    assert_int_equal(rd_kafka_producev(fx->feeder, RD_KAFKA_V_TOPIC(fx->in), RD_KAFKA_V_PARTITION(part),
                                        RD_KAFKA_V_VALUE((void *)value, len), RD_KAFKA_V_OPAQUE(&off),
                                        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END),
                      0);
@@ -282,7 +319,7 @@ int64_t fx_committed(fixture *fx, int32_t part) {
     rd_kafka_resp_err_t e = rd_kafka_commit(fx->ing->consumer, NULL, 0);
     assert_true(e == RD_KAFKA_RESP_ERR_NO_ERROR || e == RD_KAFKA_RESP_ERR__NO_OFFSET);
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_topic_partition_list_add(l, FX_IN, part);
+    rd_kafka_topic_partition_list_add(l, fx->in, part);
     assert_int_equal(rd_kafka_committed(fx->ing->consumer, l, 5000), 0);
     int64_t off = l->elems[0].offset;
     rd_kafka_topic_partition_list_destroy(l);
@@ -301,7 +338,7 @@ int fx_results_for(fixture *fx, const char *event_id, const fx_delivery **last) 
     int n = 0;
     for (int i = 0; i < fx->n_dr; i++) {
         const fx_delivery *d = &fx->dr[i];
-        if (d->err || strcmp(d->topic, FX_RESULTS) != 0 || !result_event_is(d, event_id)) continue;
+        if (d->err || strcmp(d->topic, fx->results) != 0 || !result_event_is(d, event_id)) continue;
         n++;
         if (last) *last = d;
     }

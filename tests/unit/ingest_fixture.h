@@ -1,19 +1,21 @@
 /*
  * ingest_fixture: a real `ingest` (lanes, pending queue, partitions, flights) for the lane and
  * flight unit tests, with tests/unit/fake_db.c as its database and librdkafka's in-process
- * mock cluster (rdkafka_mock.h) as its Kafka: two brokers; topic "in" (4 partitions, leader
- * broker 1), "results" (1 partition, leader broker 1), "dlq" (1 partition, leader broker 2),
- * so that an error injected on one broker hits one topic only.
+ * mock cluster (rdkafka_mock.h) as its Kafka: two brokers, one cluster per test program
+ * (fx_cluster_up, fx_cluster_down: the group setup and teardown), and per test an input topic
+ * (4 partitions, leader broker 1), a results topic (1 partition, leader broker 1) and a
+ * dead-letter topic (1 partition, leader broker 2), so that an error injected on one broker
+ * hits one topic only.
  *
- * The ingest's consumer has group "g" and is assigned in/0..3 from the beginning (no
- * subscription, no rebalance); offsets are stored by the worker's code only, and a test
- * reads them by committing (fx_committed). Its producer is the worker's, with librdkafka's
- * own retries off (message.send.max.retries=0), so that an error injected once reaches the
- * delivery report; every delivery report is recorded (fx->dr) before flight_on_delivery
- * handles it.
+ * The ingest's consumer has the test's own group and is assigned input partitions 0..3 from
+ * offset 0 (no subscription, no rebalance); offsets are stored by the worker's code only, and
+ * a test reads them by committing (fx_committed). Its producer is the worker's, with
+ * librdkafka's own retries off (message.send.max.retries=0), so that an error injected once
+ * reaches the delivery report; every delivery report is recorded (fx->dr) before
+ * flight_on_delivery handles it.
  *
- * Ownership: fx_new makes everything, fx_free releases it (flights and pending messages
- * included) and resets the fake database.
+ * Ownership: fx_new makes everything of a test, fx_free releases it (flights and pending
+ * messages included), checks that no injected error is left, and resets the fake database.
  */
 #ifndef MW_INGEST_FIXTURE_H
 #define MW_INGEST_FIXTURE_H
@@ -27,11 +29,9 @@
 
 #include "ingest_state.h"
 
-#define FX_IN "in"
-#define FX_RESULTS "results"
-#define FX_DLQ "dlq"
-#define FX_BROKER_RESULTS 1
-#define FX_BROKER_DLQ 2
+#define FX_BROKER_RESULTS 1 /* leads the input and results topics */
+#define FX_BROKER_DLQ 2     /* leads the dead-letter topic */
+#define FX_PRODUCE 0        /* the Produce request's ApiKey */
 
 typedef struct fx_opts {
     int n_lanes;                   /* default 2 */
@@ -53,8 +53,9 @@ typedef struct fx_delivery {
 } fx_delivery;
 
 typedef struct fixture {
-    rd_kafka_t *host;              /* hosts the mock cluster */
-    rd_kafka_mock_cluster_t *mc;
+    rd_kafka_mock_cluster_t *mc;   /* shared by the program's tests (fx_cluster_up) */
+    int n;                         /* this test's number: its topics and group are its own */
+    char in[32], results[32], dlq[32], group[32];
     rd_kafka_t *feeder;            /* produces the input messages */
     mw_config cfg;
     volatile sig_atomic_t run;
@@ -62,6 +63,10 @@ typedef struct fixture {
     fx_delivery *dr;
     int n_dr, cap_dr;
 } fixture;
+
+/* cmocka group setup and teardown: the mock cluster. */
+int fx_cluster_up(void **state);
+int fx_cluster_down(void **state);
 
 fixture *fx_new(const fx_opts *o);
 void fx_free(fixture *fx);
@@ -78,6 +83,9 @@ void fx_consume(fixture *fx, int n);
 
 /* Serves delivery reports (rd_kafka_poll) until `until` is true or 5 s passed. */
 void fx_serve_until(fixture *fx, bool (*until)(fixture *fx));
+
+/* The next `count` Produce requests to the broker answer err after rtt_ms. */
+void fx_mock(fixture *fx, int32_t broker, rd_kafka_resp_err_t err, int rtt_ms, int count);
 
 /* Commits what the worker stored and returns in/part's committed offset (-1: none). */
 int64_t fx_committed(fixture *fx, int32_t part);
