@@ -240,6 +240,8 @@ static void permanent_refusal_stops_without_storing(void **state) {
     fx_consume(fx, 1);
     fx_mock(fx, FX_BROKER_RESULTS, RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED, 0, 1);
     fly(fx, 0);
+    fx_serve_until(fx, head_reported);
+    assert_true(ing->fatal); /* at the delivery report, before any attempt to produce again */
     assert_false(flights_drain(ing, true));
     assert_true(ing->fatal);
     assert_int_equal(ing->flights.n, 1);
