@@ -90,7 +90,7 @@ void fx_mock(fixture *fx, int32_t broker, rd_kafka_resp_err_t err, int rtt_ms, i
 /* Commits what the worker stored and returns in/part's committed offset (-1: none). */
 int64_t fx_committed(fixture *fx, int32_t part);
 
-/* Successful deliveries of results for eventId; *value (may be NULL) the last one. */
+/* Successful deliveries of results for eventId; *last (may be NULL) the last of them. */
 int fx_results_for(fixture *fx, const char *event_id, const fx_delivery **last);
 
 /* Delivery reports of a topic with a given error (RD_KAFKA_RESP_ERR_NO_ERROR: successes). */
