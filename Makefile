@@ -85,6 +85,16 @@ $(B)/tests/%: $(B)/obj/tests/unit/%.o $(CORE_LIB)
 	@echo "  LINK $@"
 	@$(CC) $(ALL_CFLAGS) -o $@ $^ $(TEST_LIBS) $(CORE_LIBS) $(CMOCKA)
 
+# The lane and flight tests run the real ingest modules on fakes at their edges: the database
+# is tests/unit/fake_db.c (instead of worker/db.c), Kafka librdkafka's in-process mock cluster.
+INGEST_TEST_SRC := worker/lane.c worker/txn.c worker/flight.c worker/pending.c \
+                   worker/partitions.c worker/flow.c worker/metrics.c \
+                   tests/unit/fake_db.c tests/unit/ingest_fixture.c
+INGEST_TESTS    := $(B)/tests/test_lane $(B)/tests/test_flight
+$(INGEST_TESTS): $(call obj,$(INGEST_TEST_SRC))
+# The core library again after the modules that use it (an archive is searched in order).
+$(INGEST_TESTS): TEST_LIBS = $(CORE_LIB) $(shell pkg-config --libs rdkafka 2>/dev/null)
+
 asan:
 	$(MAKE) B=build/asan SAN_CFLAGS="$(SAN_FLAGS)" CFLAGS="-O1 -g" all unit-build
 
@@ -134,4 +144,5 @@ bench:
 clean:
 	rm -rf build
 
--include $(patsubst %.o,%.d,$(CORE_OBJ) $(IO_OBJ) $(B)/obj/worker/main.o $(TEST_OBJ) $(FUZZ_OBJ))
+-include $(patsubst %.o,%.d,$(CORE_OBJ) $(IO_OBJ) $(B)/obj/worker/main.o $(TEST_OBJ) $(FUZZ_OBJ) \
+                           $(call obj,$(INGEST_TEST_SRC)))

@@ -38,7 +38,7 @@ static const char *state_name(enum lane_state s) {
 }
 
 /* The one place a lane's state changes. */
-static void lane_set_state(mw_lane *lane, enum lane_state to) {
+void lane_set_state(mw_lane *lane, enum lane_state to) {
     enum lane_state from = lane->state;
     bool ok;
     switch (from) {

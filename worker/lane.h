@@ -85,6 +85,10 @@ typedef struct lane {
 int lane_init(mw_lane *lane, int id, const mw_config *cfg) __attribute__((warn_unused_result));
 void lane_term(mw_lane *lane);
 
+/* The one place a lane's state changes: refuses (logs, then aborts) a change the diagram
+ * above does not have. Called by lane.c only; declared here for tests/unit/test_lane.c. */
+void lane_set_state(mw_lane *lane, enum lane_state to);
+
 /* The statement is in PostgreSQL's hands. */
 bool lane_applying(const mw_lane *lane);
 bool lanes_any_applying(const struct ingest *ing);
