@@ -129,15 +129,9 @@ rd_kafka_t *kafka_consumer_new(const mw_config *cfg, kafka_rebalance_fn rebalanc
     return rk;
 }
 
-rd_kafka_t *kafka_producer_new(const mw_config *cfg, kafka_dr_fn dr, void *opaque,
-                               char *errstr, size_t errstr_size) {
-    static const char *const defaults[] = {
-        "enable.idempotence", "true",
-        "acks", "all",
-        "linger.ms", "5",
-        "partitioner", "murmur2_random", /* the Java client's: same key, same partition */
-        "message.timeout.ms", "120000",
-        NULL};
+/* A producer with the common settings, then defaults (name, value, …, NULL), then -X. */
+static rd_kafka_t *producer_new(const mw_config *cfg, const char *const *defaults, kafka_dr_fn dr,
+                                void *opaque, char *errstr, size_t errstr_size) {
     rd_kafka_conf_t *conf = base_conf(cfg, opaque, defaults, errstr, errstr_size);
     if (!conf) return NULL;
     rd_kafka_conf_set_dr_msg_cb(conf, dr);
@@ -148,7 +142,20 @@ rd_kafka_t *kafka_producer_new(const mw_config *cfg, kafka_dr_fn dr, void *opaqu
         snprintf(errstr, errstr_size, "cannot create the Kafka producer: %s", e);
         return NULL;
     }
+    /* conf is now owned, and freed, by rk. */
     return rk;
+}
+
+rd_kafka_t *kafka_producer_new(const mw_config *cfg, kafka_dr_fn dr, void *opaque,
+                               char *errstr, size_t errstr_size) {
+    static const char *const defaults[] = {
+        "enable.idempotence", "true",
+        "acks", "all",
+        "linger.ms", "5",
+        "partitioner", "murmur2_random", /* the Java client's: same key, same partition */
+        "message.timeout.ms", "120000",
+        NULL};
+    return producer_new(cfg, defaults, dr, opaque, errstr, errstr_size);
 }
 
 rd_kafka_t *kafka_api_producer_new(const mw_config *cfg, kafka_dr_fn dr, void *opaque,
@@ -168,16 +175,5 @@ rd_kafka_t *kafka_api_producer_new(const mw_config *cfg, kafka_dr_fn dr, void *o
         "message.max.bytes", max_bytes,
         "queue.buffering.max.kbytes", kbytes,
         NULL};
-    rd_kafka_conf_t *conf = base_conf(cfg, opaque, defaults, errstr, errstr_size);
-    if (!conf) return NULL;
-    rd_kafka_conf_set_dr_msg_cb(conf, dr);
-    char e[512];
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, e, sizeof e);
-    if (!rk) {
-        rd_kafka_conf_destroy(conf);
-        snprintf(errstr, errstr_size, "cannot create the Kafka producer: %s", e);
-        return NULL;
-    }
-    /* conf is now owned, and freed, by rk. */
-    return rk;
+    return producer_new(cfg, defaults, dr, opaque, errstr, errstr_size);
 }
