@@ -34,7 +34,7 @@ FUZZ_CC    ?= clang
 # The pure core (no I/O; json-c, uuid and gnutls's SHA-256 only), one static library linked by
 # the worker, the unit tests and the fuzz target.
 CORE_SRC   := $(wildcard common/*.c) worker/batch.c worker/plan.c worker/result.c \
-              worker/config.c worker/sqlstate.c worker/apikeys.c
+              worker/config.c worker/sqlstate.c worker/apikeys.c worker/api_request.c
 # The worker's I/O modules: every other worker/*.c but main.c, so a new module needs no edit.
 IO_SRC     := $(filter-out worker/main.c $(CORE_SRC),$(wildcard worker/*.c))
 UNIT_TESTS := $(basename $(notdir $(wildcard tests/unit/test_*.c)))
