@@ -4,9 +4,10 @@
 #   make unit       build and run the unit tests (cmocka; no services)
 #   make check      the unit tests and the command-line tests (tests/cli): no services, < 1 min
 #   make test       install what is missing, then everything (tests/run-all.sh, what .ci/run
-#                   calls): unit, fuzz (120 s), command line, end-to-end, reliability, compose,
+#                   calls): unit, fuzz (90 s batch, 60 s API), command line, end-to-end, reliability, compose,
 #                   `make run` and benchmark smokes, normal and asan; about 12 minutes
-#   make fuzz       fuzz batch_decode for FUZZ_SECONDS (default 60) under ASan + UBSan
+#   make fuzz       fuzz batch_decode for FUZZ_SECONDS (default 60) under ASan + UBSan;
+#                   FUZZ_TARGET=api: the API's request path and keys file instead
 #   make run        install what is missing, start a local stack, run the worker on it
 #   make bench      the benchmark (see docs/benchmarks.md)
 #   make deps       install the Debian packages of deps/packages.txt and Kafka's jars
@@ -34,11 +35,12 @@ FUZZ_CC    ?= clang
 # The pure core (no I/O; json-c, uuid and gnutls's SHA-256 only), one static library linked by
 # the worker, the unit tests and the fuzz target.
 CORE_SRC   := $(wildcard common/*.c) worker/batch.c worker/plan.c worker/result.c \
-              worker/config.c worker/sqlstate.c worker/apikeys.c
+              worker/config.c worker/sqlstate.c worker/apikeys.c worker/api_request.c
 # The worker's I/O modules: every other worker/*.c but main.c, so a new module needs no edit.
 IO_SRC     := $(filter-out worker/main.c $(CORE_SRC),$(wildcard worker/*.c))
 UNIT_TESTS := $(basename $(notdir $(wildcard tests/unit/test_*.c)))
-FUZZ_SRC   := tests/fuzz/fuzz_batch.c tests/fuzz/ref_decode.c
+FUZZ_SRC   := tests/fuzz/fuzz_batch.c tests/fuzz/ref_decode.c tests/fuzz/fuzz_api.c
+FUZZ_TARGETS := fuzz_batch fuzz_api
 
 obj         = $(patsubst %.c,$(B)/obj/%.o,$(1))
 CORE_LIB   := $(B)/libmwcore.a
@@ -107,25 +109,32 @@ check: all unit
 	@echo "== command line (tests/cli)"
 	@MW_BIN="$(abspath $(B)/metadata-worker)" $(PY) -m unittest discover -s tests/cli -p 'test_*.py'
 
-# The libFuzzer target build/fuzz/fuzz_batch: the same core library, built with clang under
-# ASan + UBSan with coverage instrumentation (fuzzer-no-link); libFuzzer's main is linked
-# into the target only. tests/fuzz/build.sh (make fuzz-build) installs clang, then runs this.
+# The libFuzzer targets build/fuzz/fuzz_batch (batch_decode) and build/fuzz/fuzz_api (the
+# API's request path, worker/api_request.c, and the keys file): the same core library, built
+# with clang under ASan + UBSan with coverage instrumentation (fuzzer-no-link); libFuzzer's
+# main is linked into the targets only. tests/fuzz/build.sh (make fuzz-build) installs
+# clang, then runs this.
 fuzz-target:
 	@$(MAKE) B=build/fuzz CC="$(FUZZ_CC)" CFLAGS="-O1 -g" \
-	  SAN_CFLAGS="$(SAN_FLAGS) -fsanitize=fuzzer-no-link" build/fuzz/fuzz_batch
+	  SAN_CFLAGS="$(SAN_FLAGS) -fsanitize=fuzzer-no-link" $(addprefix build/fuzz/,$(FUZZ_TARGETS))
 
 $(FUZZ_OBJ): ALL_CFLAGS += -Icommon -Itests/fuzz
 
-$(B)/fuzz_batch: $(FUZZ_OBJ) $(CORE_LIB)
-	@echo "  LINK $@"
-	@$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer -o $@ $^ $(CORE_LIBS)
+FUZZ_LINK = @echo "  LINK $@"; $(CC) $(ALL_CFLAGS) -fsanitize=fuzzer -o $@ $^ $(CORE_LIBS)
+
+$(B)/fuzz_batch: $(call obj,tests/fuzz/fuzz_batch.c tests/fuzz/ref_decode.c) $(CORE_LIB)
+	$(FUZZ_LINK)
+
+$(B)/fuzz_api: $(call obj,tests/fuzz/fuzz_api.c) $(CORE_LIB)
+	$(FUZZ_LINK)
 
 fuzz-build:
 	bash tests/fuzz/build.sh
 
-# FUZZ_SECONDS=3600 make fuzz for a long run; make test runs 120 s.
+# FUZZ_SECONDS=3600 make fuzz for a long run; FUZZ_TARGET=api make fuzz for the API's
+# target; make test runs the batch target 90 s and the API's 60 s.
 fuzz:
-	bash tests/fuzz/run.sh $(or $(FUZZ_SECONDS),60)
+	bash tests/fuzz/run.sh $(or $(FUZZ_TARGET),batch) $(or $(FUZZ_SECONDS),60)
 
 deps:
 	bash tests/harness/deps.sh all >/dev/null

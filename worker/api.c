@@ -9,24 +9,21 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <unistd.h>
 #include <uuid/uuid.h>
 
 #include "../common/jsonw.h"
 #include "../common/log.h"
+#include "api_request.h"
 #include "apikeys.h"
 #include "batch.h"
 #include "http.h"
 #include "kafka.h"
 #include "metrics.h"
-#include "result.h"
 
 #ifndef MW_VERSION
 #define MW_VERSION "dev"
 #endif
-
-#define API_ROUTE "/metadata-ingestion/v1/many-customer-metadata"
 
 /*
  * Limits (the METRICS_ADDR endpoint's reasoning in http.c, scaled for clients that keep
@@ -158,78 +155,55 @@ static enum MHD_Result answer(req *r, unsigned status, jsonw *w, const char *ret
     return ret;
 }
 
-/* Errors other than a batch's: {"error": "<message>"}. */
+/* Errors other than a batch's: {"error": "<message>"} (api_request_error's). */
 static enum MHD_Result answer_error(req *r, unsigned status, const char *message,
                                     const char *retry_after) {
-    jsonw w;
-    jsonw_init(&w);
-    jsonw_raw(&w, "{");
-    jsonw_key(&w, "error");
-    jsonw_str(&w, message);
-    jsonw_raw(&w, "}");
-    enum MHD_Result ret = answer(r, status, &w, retry_after);
-    jsonw_free(&w);
+    mw_api_resp p;
+    api_request_init(&p);
+    api_request_error(&p, (int)status, message);
+    enum MHD_Result ret = answer(r, status, &p.body, retry_after);
+    api_request_free(&p);
     return ret;
 }
 
-/* validate's output for the body as the message at src: the 200 and 400 bodies. */
-static enum MHD_Result answer_batch(req *r, unsigned status, const mw_batch *b) {
-    jsonw w;
-    jsonw_init(&w);
-    result_response(&w, b);
-    enum MHD_Result ret =
-        w.oom ? answer_error(r, 500, "out of memory", NULL) : answer(r, status, &w, NULL);
-    jsonw_free(&w);
+/* An answer decided by api_request_* (p->status set), then released. */
+static enum MHD_Result answer_resp(req *r, mw_api_resp *p) {
+    enum MHD_Result ret = answer(r, (unsigned)p->status, &p->body, NULL);
+    api_request_free(p);
     return ret;
 }
 
-/* ---- request phases ---- */
+/* ---- request phases: the decisions are api_request_*'s (shared with the fuzz target) ---- */
 
-/* Content-Type application/json, parameters (charset) allowed. A missing Content-Type is
- * refused too: the API's clients (its curl example) always send it. */
-static int is_json(const char *ct) {
-    if (!ct) return 0;
-    while (*ct == ' ' || *ct == '\t') ct++;
-    size_t n = strlen("application/json");
-    if (strncasecmp(ct, "application/json", n) != 0) return 0;
-    char next = ct[n];
-    return next == '\0' || next == ';' || next == ' ' || next == '\t';
+static const char *mhd_header(void *ctx, const char *name) {
+    return MHD_lookup_connection_value(ctx, MHD_HEADER_KIND, name);
 }
 
 /* The first call, headers complete: route, method, credentials, type, declared size. */
 static enum MHD_Result on_headers(req *r, const char *url, const char *method) {
     api *a = r->a;
-    if (strcmp(url, API_ROUTE) != 0) return answer_error(r, 404, "not found", NULL);
-    if (strcmp(method, "POST") != 0) return answer_error(r, 405, "method not allowed", NULL);
-    const char *id = MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, "asapp-api-id");
-    const char *secret = MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, "asapp-api-secret");
+    mw_api_resp p;
+    api_request_init(&p);
     pthread_mutex_lock(&a->keys_mu);
-    const char *client = apikeys_check(a->keys, id, secret, secret ? strlen(secret) : 0);
-    if (client) snprintf(r->client, sizeof r->client, "%s", client);
+    int status = api_request_head(&p, method, url, mhd_header, r->c, a->keys,
+                                  a->cfg->api_max_body_bytes);
     pthread_mutex_unlock(&a->keys_mu);
-    /* One body for a wrong id, a wrong secret and none: nothing tells which. */
-    if (!client) return answer_error(r, 401, "unauthorized", NULL);
-    const char *ct = MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, "Content-Type");
-    if (!is_json(ct)) return answer_error(r, 415, "Content-Type must be application/json", NULL);
-    const char *cl = MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, "Content-Length");
-    if (cl) {
-        char *end;
-        errno = 0;
-        unsigned long long n = strtoull(cl, &end, 10);
-        /* Refused before a byte of the body is read (no 100 Continue either). */
-        if (errno || *end || n > (unsigned long long)a->cfg->api_max_body_bytes)
-            return answer_error(r, 413, "request body too large", NULL);
-        if (n && grow(r, (size_t)n))
-            return answer_error(r, 503, "server busy", API_RETRY_BUSY_S);
-    }
+    snprintf(r->client, sizeof r->client, "%s", p.client);
+    if (status) return answer_resp(r, &p);
+    uint64_t n = p.has_length ? p.declared_len : 0;
+    api_request_free(&p);
+    if (n && grow(r, (size_t)n)) return answer_error(r, 503, "server busy", API_RETRY_BUSY_S);
     return MHD_YES;
 }
 
 static enum MHD_Result on_body(req *r, const char *data, size_t *size) {
     size_t n = *size;
     *size = 0;
-    if (r->len + n > (size_t)r->a->cfg->api_max_body_bytes)
-        return answer_error(r, 413, "request body too large", NULL);
+    mw_api_resp p;
+    api_request_init(&p);
+    if (api_request_body(&p, r->len, n, r->a->cfg->api_max_body_bytes))
+        return answer_resp(r, &p);
+    api_request_free(&p);
     if (grow(r, r->len + n)) return answer_error(r, 503, "server busy", API_RETRY_BUSY_S);
     memcpy(r->body + r->len, data, n);
     r->len += n;
@@ -240,17 +214,12 @@ static enum MHD_Result on_body(req *r, const char *data, size_t *size) {
 static enum MHD_Result on_complete(req *r) {
     api *a = r->a;
     const mw_config *cfg = a->cfg;
-    mw_source src = {cfg->input_topic, 0, 0};
-    mw_batch b;
-    if (batch_decode(&b, r->body ? r->body : "", r->len, &src, cfg->max_batch_items) != 0)
-        return answer_error(r, 500, "out of memory", NULL);
-    r->items = b.n_items;
-    if (b.bad_request || b.invalid_count == b.n_items) {
-        enum MHD_Result ret = answer_batch(r, 400, &b);
-        batch_free(&b);
-        return ret;
-    }
-    batch_free(&b);
+    mw_api_resp p;
+    api_request_init(&p);
+    int status = api_request_decide(&p, r->body, r->len, cfg->input_topic, cfg->max_batch_items);
+    r->items = p.items;
+    if (status) return answer_resp(r, &p); /* 400: not a batch or no valid item */
+    api_request_free(&p);
     pthread_mutex_lock(&a->keys_mu);
     int wait_s = apikeys_take(a->keys, r->client, cfg->api_rate_limit, r->items, metrics_now_ms());
     pthread_mutex_unlock(&a->keys_mu);
@@ -294,14 +263,13 @@ static enum MHD_Result on_delivered(req *r) {
     }
     /* Decoded again as the message Kafka holds: generated eventIds are those `run` uses. */
     mw_source src = {a->cfg->input_topic, r->partition, r->offset};
-    mw_batch b;
-    if (batch_decode(&b, r->body, r->len, &src, a->cfg->max_batch_items) != 0)
-        return answer_error(r, 500, "out of memory", NULL);
-    atomic_fetch_add(&a->m->items_accepted, (unsigned long long)b.n_items);
-    atomic_fetch_add(&a->m->bytes_accepted, (unsigned long long)r->len);
-    enum MHD_Result ret = answer_batch(r, 200, &b);
-    batch_free(&b);
-    return ret;
+    mw_api_resp p;
+    api_request_init(&p);
+    if (api_request_accept(&p, r->body, r->len, &src, a->cfg->max_batch_items) == 200) {
+        atomic_fetch_add(&a->m->items_accepted, (unsigned long long)p.items);
+        atomic_fetch_add(&a->m->bytes_accepted, (unsigned long long)r->len);
+    }
+    return answer_resp(r, &p);
 }
 
 static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *url,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer target build/fuzz/fuzz_batch (batch_decode and what consumes its
-# output) with clang under AddressSanitizer + UndefinedBehaviorSanitizer.
+# Builds the libFuzzer targets build/fuzz/fuzz_batch (batch_decode and what consumes its
+# output) and build/fuzz/fuzz_api (the API's request path and keys file) with clang under
+# AddressSanitizer + UndefinedBehaviorSanitizer.
 #   bash tests/fuzz/build.sh          build what is out of date (make fuzz-target)
 #   bash tests/fuzz/build.sh --force  rebuild everything
 # Needs clang and its libFuzzer runtime (Debian 12: clang-14 with libclang-rt-14-dev, which
@@ -10,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 out=build/fuzz
-bin=$out/fuzz_batch
+bins="$out/fuzz_batch $out/fuzz_api"
 force=0
 [ "${1:-}" = "--force" ] && force=1
 
@@ -45,4 +46,6 @@ fi
 # make decides what is out of date from the generated header dependencies.
 [ $force = 1 ] && rm -rf "$out"
 make -s FUZZ_CC="$CC" fuzz-target >&2
-[ -x "$bin" ] || { echo "fuzz: $bin was not built" >&2; exit 1; }
+for bin in $bins; do
+  [ -x "$bin" ] || { echo "fuzz: $bin was not built" >&2; exit 1; }
+done
