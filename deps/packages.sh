@@ -1,6 +1,6 @@
 #!/bin/sh
 # Prints the Debian packages of the named sections of deps/packages.txt, one a line.
-#   sh deps/packages.sh build unit      (sections: build unit runtime test fuzz)
+#   sh deps/packages.sh build unit      (sections: build unit runtime test bench fuzz)
 # POSIX sh and sed only, so that it also runs in the Dockerfile's bookworm-slim stage.
 set -eu
 list=$(dirname "$0")/packages.txt

@@ -33,12 +33,17 @@ that a collapse in speed fails `make test` (one message per transaction gave 2.0
 the empty table); --floor-naive / --floor-ceiling change them (0: off). The real targets
 (issue 4: worker/naive >= 10, worker/ceiling >= 0.8) are judged on the full run (`make bench`).
 
-That table is the "main" phase. Two more phases follow by default (phases.py; --phases picks
-and orders them, --smoke runs main only):
+That table is the "main" phase. Three more phases follow by default (phases.py, api_phase.py;
+--phases picks and orders them, --smoke runs main only):
   curves   scale curves: items/s and CPU per million items for 1, 10, 100, 1,000 items per
            message; 1 and 2 worker processes; 0, 1M and 5M rows already in the table.
   backlog  bounded memory: 5M items waiting in Kafka, the worker's RSS sampled every 0.5 s
            while it drains them for 60 s; a peak of 128 MB or more fails the run.
+  api      the HTTP API (`metadata-worker api`) under wrk: 10- and 100-item batches from 64
+           keep-alive connections (requests/s, items/s, p50/p99), the same bodies produced
+           straight with librdkafka (the ceiling), p50/p99 at half the maximum rate, RSS under
+           load and while the broker is stopped (api_phase.py). Targets reported, not asserted;
+           errors (a non-200 answer outside the outage) fail the run.
 Each phase writes its section into the same results file; the sections of phases not run
 (the main table included) are kept from the file: they are merged when the run ends.
 
@@ -873,7 +878,7 @@ def main_md(report, rows):
     return md
 
 
-SECTIONS = ("curves", "backlog")
+SECTIONS = ("curves", "backlog", "api")
 
 # Loose floors of the smoke run (see the docstring): well below its figures on this noisy
 # 2-core machine (50,000 items: the worker's first second, joining the group, weighs more).
@@ -935,6 +940,7 @@ def merge_write(out_dir, name, report, ran):
 def write_results(out_dir, name, report):
     """Writes NAME.json and NAME.md: the main table (when the report holds one, from this run
     or kept from the previous one), then the scale curves and the backlog sections."""
+    import api_phase
     import phases
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
@@ -948,7 +954,8 @@ def write_results(out_dir, name, report):
             md.insert(3, f"- FAILED: {report['failed'].splitlines()[0]}")
     else:
         md = ["# metadata-worker benchmark", "", "(no main table: run with --phases main)", ""]
-    for key, fn in (("curves", phases.curves_md), ("backlog", phases.backlog_md)):
+    for key, fn in (("curves", phases.curves_md), ("backlog", phases.backlog_md),
+                    ("api", api_phase.api_md)):
         sec = report.get(key)
         if not sec:
             continue
@@ -1042,15 +1049,15 @@ def int_list(text):
     return [int(x.replace("_", "")) for x in text.split(",") if x.strip()]
 
 
-PHASES = ("main", "curves", "backlog")
+PHASES = ("main", "curves", "backlog", "api")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--phases", help="comma-separated phases to run, in this order: main (the "
-                    "table above), curves (scale curves), backlog (bounded memory); default all "
-                    "three, main only with --smoke. Results of phases not run are kept from the "
-                    "results file (merged)")
+                    "table above), curves (scale curves), backlog (bounded memory), api (the HTTP "
+                    "API under wrk, api_phase.py); default all four, main only with --smoke. "
+                    "Results of phases not run are kept from the results file (merged)")
     ap.add_argument("--items", type=int, help="items of the main phase's stream (default 1,000,000)")
     ap.add_argument("--smoke", action="store_true", help="50,000 items, quick (part of make test)")
     ap.add_argument("--seed", type=int, default=gen.DEFAULT_SEED)
@@ -1083,6 +1090,14 @@ def main():
     ap.add_argument("--backlog-items", type=int, default=5_000_000)
     ap.add_argument("--backlog-seconds", type=float, default=60.0,
                     help="longest time the worker drains the backlog while sampled")
+    ap.add_argument("--api-seconds", type=float, default=15.0,
+                    help="seconds of each wrk run of the api phase (default 15)")
+    ap.add_argument("--api-connections", type=int, default=64,
+                    help="wrk's keep-alive connections in the api phase (default 64)")
+    ap.add_argument("--api-ceiling-seconds", type=float, default=10.0,
+                    help="seconds of the api phase's librdkafka ceiling per batch size")
+    ap.add_argument("--api-outage-seconds", type=float, default=10.0,
+                    help="seconds wrk keeps posting with the broker stopped (default 10)")
     a = ap.parse_args()
     default_only = "ceiling,naive,worker" if a.smoke else "ceiling,naive,worker,flink"
     only = [c.strip() for c in (a.only or default_only).split(",") if c.strip()]
@@ -1091,7 +1106,7 @@ def main():
     phases_arg = a.phases or ("main" if a.smoke else ",".join(PHASES))
     want = [p.strip() for p in phases_arg.split(",") if p.strip()]
     if not want or set(want) - set(PHASES):
-        ap.error("--phases takes main, curves, backlog")
+        ap.error("--phases takes main, curves, backlog, api")
     worker_env = {}
     for kv in a.worker_env:
         k, sep, v = kv.partition("=")
@@ -1117,6 +1132,7 @@ def main():
     BIN = snap
     # phases.py imports this module as `bench`: let it find this very instance (BIN, RUN_ID).
     sys.modules["bench"] = sys.modules[__name__]
+    import api_phase
     import phases
     worker_info = {"sha256": bin_sha, "git": git_describe(), "extra_env": worker_env}
     ctx = {"items": n, "seed": a.seed, "kind": a.stream, "workdir": workdir, "wm": Watermarks(),
@@ -1142,8 +1158,10 @@ def main():
                 continue
             t0 = time.monotonic()
             try:
-                sec = (phases.run_curves if phase == "curves" else phases.run_backlog)(ctx, a)
-                if phase == "backlog" and not sec["ok"]:
+                run = {"curves": phases.run_curves, "backlog": phases.run_backlog,
+                       "api": api_phase.run_api}[phase]
+                sec = run(ctx, a)
+                if phase in ("backlog", "api") and not sec["ok"]:
                     status = 1
             except BenchError as e:
                 log(f"{phase} FAILED: {e}")
@@ -1164,7 +1182,7 @@ def main():
             report["floors"] = floor_checks(report["contenders"], floors)
             if not all(c["ok"] for c in report["floors"]):
                 status = 1
-    if "stream" in report or "curves" in ran or "backlog" in ran:
+    if "stream" in report or set(ran) & set(SECTIONS):
         merge_write(a.out, name, report, ran)
     if "main" in ran:
         rows = report["contenders"]
@@ -1187,7 +1205,8 @@ def main():
         if report.get("failed"):
             print(f"main phase FAILED: {report['failed'].splitlines()[0]}")
         print(f"main phase: {report['main_s']:.0f}s")
-    for key, fn in (("curves", phases.curves_text), ("backlog", phases.backlog_text)):
+    for key, fn in (("curves", phases.curves_text), ("backlog", phases.backlog_text),
+                    ("api", api_phase.api_text)):
         if key in ran:
             print()
             sec = report[key]

@@ -3,9 +3,9 @@
 # (tests/harness/stack.sh, stopped on exit), and runs tests/bench/bench.py, which prints the
 # results and writes them to tests/bench/results/ (latest.json/.md; smoke.json/.md for
 # --smoke, so that `make test` does not overwrite the full run's figures).
-#   run.sh [--items N] [--smoke] [--phases main,curves,backlog]
-#     phases (default all three, ~15 min): main (the contenders' table), curves (scale curves),
-#     backlog (peak RSS with 5M items waiting); a run without main merges into latest.*.
+#   run.sh [--items N] [--smoke] [--phases main,curves,backlog,api]
+#     phases (default all four, ~17 min): main (the contenders' table), curves (scale curves),
+#     backlog (peak RSS, 5M items waiting), api (the HTTP API under wrk); merged into latest.*.
 #     --smoke: main only, 50,000 items, quick; non-zero exit on any failure, and when the
 #       worker falls below loose floors: worker/naive 4, worker/ceiling 0.2 (--floor-naive,
 #       --floor-ceiling; the real targets are judged on the full run)

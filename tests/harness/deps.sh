@@ -4,14 +4,16 @@
 # Apache Kafka's broker jars from Maven Central into a cache folder reused by later runs.
 # Usage: deps.sh [build|test|all]
 #   build     sections build and unit of deps/packages.txt (compilers, -dev packages, cmocka)
-#   test|all  also test and fuzz, and the Kafka jars (prints the jars' folder)
+#   test      also test and fuzz, and the Kafka jars (prints the jars' folder)
+#   all       also bench (wrk, for the benchmark's api phase)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 what=${1:-all}
 
 case $what in
   build) sections=(build unit) ;;
-  test|all) sections=(build unit test fuzz) ;;
+  test) sections=(build unit test fuzz) ;;
+  all) sections=(build unit test fuzz bench) ;;
   *) echo "usage: $0 [build|test|all]" >&2; exit 2 ;;
 esac
 mapfile -t pkgs < <(sh "$here/../../deps/packages.sh" "${sections[@]}")
