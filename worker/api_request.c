@@ -68,34 +68,29 @@ int api_request_body(mw_api_resp *r, size_t have, size_t n, int64_t max_body) {
     return 0;
 }
 
-int api_request_decide(mw_api_resp *r, const char *body, size_t len, const char *topic,
-                       int max_items) {
+int api_request_decide(mw_api_resp *r, mw_batch *b, const char *body, size_t len,
+                       const char *topic, int max_items) {
     mw_source src = {topic, 0, 0};
-    mw_batch b;
-    if (batch_decode(&b, body ? body : "", len, &src, max_items) != 0)
+    if (batch_decode(b, body ? body : "", len, &src, max_items) != 0)
         return api_request_error(r, 500, "out of memory");
-    r->items = b.n_items;
-    if (b.bad_request || b.invalid_count == b.n_items) {
+    r->items = b->n_items;
+    if (b->bad_request || b->invalid_count == b->n_items) {
         jsonw_reset(&r->body);
-        result_response(&r->body, &b);
-        batch_free(&b);
+        result_response(&r->body, b);
+        batch_free(b);
         if (r->body.oom) return api_request_error(r, 500, "out of memory");
         return r->status = 400;
     }
-    batch_free(&b);
     r->produce = true;
     return 0;
 }
 
-int api_request_accept(mw_api_resp *r, const char *body, size_t len, const mw_source *src,
-                       int max_items) {
-    mw_batch b;
-    if (batch_decode(&b, body ? body : "", len, src, max_items) != 0)
-        return api_request_error(r, 500, "out of memory");
-    r->items = b.n_items;
+int api_request_accept(mw_api_resp *r, mw_batch *b, const mw_source *src) {
+    batch_set_source(b, src);
+    r->items = b->n_items;
     jsonw_reset(&r->body);
-    result_response(&r->body, &b);
-    batch_free(&b);
+    result_response(&r->body, b);
+    batch_free(b);
     if (r->body.oom) return api_request_error(r, 500, "out of memory");
     return r->status = 200;
 }
@@ -105,7 +100,8 @@ int api_request_handle(mw_api_resp *r, const mw_api_request *req, const mw_apike
     int s = api_request_head(r, req->method, req->path, req->header, req->header_ctx, keys,
                              max_body);
     if (!s) s = api_request_body(r, 0, req->body_len, max_body);
-    if (!s) s = api_request_decide(r, req->body, req->body_len, src->topic, max_items);
-    if (!s) s = api_request_accept(r, req->body, req->body_len, src, max_items);
+    mw_batch b;
+    if (!s) s = api_request_decide(r, &b, req->body, req->body_len, src->topic, max_items);
+    if (!s) s = api_request_accept(r, &b, src);
     return s;
 }

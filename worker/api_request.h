@@ -69,16 +69,17 @@ int api_request_head(mw_api_resp *r, const char *method, const char *path, api_h
  * max_body (checked while reading: nothing beyond the limit is buffered). */
 int api_request_body(mw_api_resp *r, size_t have, size_t n, int64_t max_body);
 
-/* The body is complete: decoded as `validate` does (source topic/0/0). Returns 400 with
- * validate's response when it is not a batch or every item is invalid; 0 with r->produce
- * set otherwise; 500 when memory ran out. Sets r->items. */
-int api_request_decide(mw_api_resp *r, const char *body, size_t len, const char *topic,
-                       int max_items);
+/* The body is complete: decoded as `validate` does (source topic/0/0) into *b. Returns 400
+ * with validate's response when it is not a batch or every item is invalid; 0 with
+ * r->produce set otherwise, *b then kept for api_request_accept (the caller frees it with
+ * batch_free if the request ends before); 500 when memory ran out. Sets r->items. */
+int api_request_decide(mw_api_resp *r, mw_batch *b, const char *body, size_t len,
+                       const char *topic, int max_items);
 
-/* Kafka confirmed the message at src: 200 with validate's response for it (generated
- * eventIds follow from src); 500 when memory ran out. */
-int api_request_accept(mw_api_resp *r, const char *body, size_t len, const mw_source *src,
-                       int max_items);
+/* Kafka confirmed the message at src: 200 with validate's response for it (b, from
+ * api_request_decide, moved to src: generated eventIds follow from it; the body is not
+ * decoded again); frees b. 500 when memory ran out. */
+int api_request_accept(mw_api_resp *r, mw_batch *b, const mw_source *src);
 
 /* The whole request, src standing for where Kafka put it: head, body, decide, accept.
  * Returns the final status (r->produce tells whether it would have been produced). */

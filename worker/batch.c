@@ -39,6 +39,15 @@ const mw_field_def batch_fields[F_COUNT] = {
 static const uuid_t event_ns = {0x6b, 0x3c, 0x2e, 0x0a, 0x9d, 0x41, 0x4f, 0x7e,
                                 0x8a, 0x55, 0x1c, 0x93, 0xd2, 0x07, 0xe4, 0x6f};
 
+void batch_set_source(mw_batch *b, const mw_source *src) {
+    b->src = *src;
+    for (int i = 0; i < b->n_items; i++) {
+        mw_item *it = &b->items[i];
+        if (it->f[F_EVENT].p == it->gen_event_id) batch_event_id(it->gen_event_id, src, it->index);
+    }
+    if (b->bad_request) batch_event_id(b->bad_event_id, &b->src, 0);
+}
+
 void batch_event_id(char out[MW_UUID_STR_LEN + 1], const mw_source *src, int index) {
     char name[512];
     int n = snprintf(name, sizeof name, "%s/%d/%lld/%d", src->topic ? src->topic : "",

@@ -85,6 +85,11 @@ int batch_decode(mw_batch *b, const void *buf, size_t len, const mw_source *src,
 
 void batch_free(mw_batch *b);
 
+/* Moves a decoded batch to src: the same outcome as decoding its message at src (only the
+ * generated eventIds depend on the source). For the API, which decodes a body before Kafka
+ * gives it a partition and an offset. */
+void batch_set_source(mw_batch *b, const mw_source *src);
+
 /* The deterministic eventId of item `index` of the message at src: a name-based (SHA-1,
  * version 5) UUID of "topic/partition/offset/index" in the project's namespace. */
 void batch_event_id(char out[MW_UUID_STR_LEN + 1], const mw_source *src, int index);
