@@ -103,7 +103,9 @@ rd_kafka_t *kafka_consumer_new(const mw_config *cfg, kafka_rebalance_fn rebalanc
          * Safe: no failure is detected sooner, so nothing can flap; a worker that dies
          * without leaving (SIGKILL, lost host) has its partitions taken over after 45 s
          * instead of 30 (SIGTERM leaves the group at once, and -X session.timeout.ms still
-         * overrides); one heartbeat a second is nothing for the coordinator. */
+         * overrides; with KAFKA_GROUP_INSTANCE_ID, below, a restart under the same name takes
+         * them back at once, but SIGTERM no longer leaves); one heartbeat a second is nothing
+         * for the coordinator. */
         "session.timeout.ms", "45000",
         "heartbeat.interval.ms", "1000",
         "max.poll.interval.ms", "300000",
