@@ -8,7 +8,10 @@
 
 #include "../common/log.h"
 
-enum stype { S_STR, S_INT, S_LEVEL };
+/* S_KAFKA_ID: a string Kafka accepts as an identifier (group.instance.id): 1-249 of
+ * [A-Za-z0-9._-], as the Java client checks it. Checked here so that a bad one stops the
+ * worker at start with the setting's name, not later in the group protocol. */
+enum stype { S_STR, S_INT, S_LEVEL, S_KAFKA_ID };
 
 typedef struct setting {
     const char *env;
@@ -27,6 +30,10 @@ static const setting settings[] = {
      "Kafka bootstrap servers, host:port[,host:port…]"},
     {"KAFKA_GROUP_ID", "--kafka-group-id", S_STR, OFF(group_id), "customer-metadata-ingest", 0, 0,
      "consumer group"},
+    {"KAFKA_GROUP_INSTANCE_ID", "--kafka-group-instance-id", S_KAFKA_ID, OFF(group_instance_id),
+     NULL, 0, 0,
+     "static membership: this worker's stable name in the group, unique per worker (e.g. the "
+     "pod name); unset: dynamic membership"},
     {"KAFKA_INPUT_TOPIC", "--kafka-input-topic", S_STR, OFF(input_topic),
      "customer-metadata.batches", 0, 0, "topic of batch messages"},
     {"KAFKA_RESULTS_TOPIC", "--kafka-results-topic", S_STR, OFF(results_topic),
@@ -73,11 +80,24 @@ static const setting settings[] = {
 
 #define N_SETTINGS (sizeof settings / sizeof settings[0])
 
+static bool kafka_id_ok(const char *v) {
+    size_t n = strlen(v);
+    return n <= 249 && strcmp(v, ".") != 0 && strcmp(v, "..") != 0 &&
+           strspn(v, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") == n;
+}
+
 static int set_value(mw_config *c, const setting *s, const char *v, const char *from,
                      char *errstr, size_t errstr_size) {
     char *base = (char *)c;
+    if (s->type == S_KAFKA_ID && *v && !kafka_id_ok(v)) {
+        snprintf(errstr, errstr_size,
+                 "%s (%s): expected 1 to 249 letters, digits, '.', '_' or '-', got \"%s\"",
+                 s->env, from, v);
+        return CONFIG_ERR;
+    }
     switch (s->type) {
-    case S_STR: {
+    case S_STR:
+    case S_KAFKA_ID: {
         char **dst = (char **)(base + s->offset);
         if (*v == '\0') {
             snprintf(errstr, errstr_size, "%s (%s): must not be empty", s->env, from);
@@ -197,7 +217,8 @@ int config_load(mw_config *c, int argc, char **argv, char *errstr, size_t errstr
 
 void config_free(mw_config *c) {
     for (size_t i = 0; i < N_SETTINGS; i++)
-        if (settings[i].type == S_STR) free(*(char **)((char *)c + settings[i].offset));
+        if (settings[i].type == S_STR || settings[i].type == S_KAFKA_ID)
+            free(*(char **)((char *)c + settings[i].offset));
     for (int i = 0; i < c->n_props; i++) {
         free(c->prop_names[i]);
         free(c->prop_values[i]);
@@ -212,10 +233,10 @@ void config_usage(FILE *out) {
     fprintf(out, "Settings (a flag wins over its environment variable):\n");
     for (size_t i = 0; i < N_SETTINGS; i++) {
         const setting *s = &settings[i];
-        fprintf(out, "  %-24s %-20s %s", s->flag, s->env, s->help);
+        fprintf(out, "  %-26s %-23s %s", s->flag, s->env, s->help);
         if (s->def) fprintf(out, " (default: %s)", s->def);
         fputc('\n', out);
     }
-    fprintf(out, "  -X name=value                                 any librdkafka property, e.g. "
+    fprintf(out, "  -X name=value                                      any librdkafka property, e.g. "
                  "-X security.protocol=SSL\n");
 }

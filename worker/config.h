@@ -16,6 +16,7 @@
 typedef struct mw_config {
     char *kafka_brokers;
     char *group_id;
+    char *group_instance_id; /* NULL: dynamic membership (group.instance.id unset) */
     char *input_topic;
     char *results_topic;
     char *dlq_topic;

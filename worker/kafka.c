@@ -103,7 +103,9 @@ rd_kafka_t *kafka_consumer_new(const mw_config *cfg, kafka_rebalance_fn rebalanc
          * Safe: no failure is detected sooner, so nothing can flap; a worker that dies
          * without leaving (SIGKILL, lost host) has its partitions taken over after 45 s
          * instead of 30 (SIGTERM leaves the group at once, and -X session.timeout.ms still
-         * overrides); one heartbeat a second is nothing for the coordinator. */
+         * overrides; with KAFKA_GROUP_INSTANCE_ID, below, a restart under the same name takes
+         * them back at once, but SIGTERM no longer leaves); one heartbeat a second is nothing
+         * for the coordinator. */
         "session.timeout.ms", "45000",
         "heartbeat.interval.ms", "1000",
         "max.poll.interval.ms", "300000",
@@ -111,7 +113,15 @@ rd_kafka_t *kafka_consumer_new(const mw_config *cfg, kafka_rebalance_fn rebalanc
         NULL};
     rd_kafka_conf_t *conf = base_conf(cfg, opaque, defaults, errstr, errstr_size);
     if (!conf) return NULL;
-    if (set(conf, "group.id", cfg->group_id, errstr, errstr_size)) {
+    /* Static membership (KIP-345) when KAFKA_GROUP_INSTANCE_ID is set: a worker killed and
+     * started again under the same name within session.timeout.ms is taken back by the
+     * coordinator as the same member, with its partitions, and without a rebalance, instead
+     * of its partitions standing still until the dead member's session expires (45 s, above).
+     * Unset, `-X group.instance.id=…` (set by base_conf) still applies; both set, the setting
+     * wins, as KAFKA_GROUP_ID does over -X group.id. */
+    if (set(conf, "group.id", cfg->group_id, errstr, errstr_size) ||
+        (cfg->group_instance_id &&
+         set(conf, "group.instance.id", cfg->group_instance_id, errstr, errstr_size))) {
         rd_kafka_conf_destroy(conf);
         return NULL;
     }

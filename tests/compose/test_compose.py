@@ -62,7 +62,7 @@ def config_settings():
         raise AssertionError("settings[] table not found in worker/config.c")
     lit = r'"(?:[^"\\]|\\.)*"'
     rows = re.findall(
-        r'\{\s*"([A-Z][A-Z0-9_]*)"\s*,\s*"(--[a-z0-9-]+)"\s*,\s*S_[A-Z]+\s*,\s*OFF\(\w+\)\s*,'
+        r'\{\s*"([A-Z][A-Z0-9_]*)"\s*,\s*"(--[a-z0-9-]+)"\s*,\s*S_[A-Z_]+\s*,\s*OFF\(\w+\)\s*,'
         r'\s*(NULL|' + lit + r'(?:\s*' + lit + r')*)',
         table.group(1),
     )

@@ -66,9 +66,12 @@ class Worker:
 
 class ResultsReader:
     """Follows a results topic from the beginning; keeps one value per item source
-    (partition, offset, index) and counts repeats and repeats that differ."""
+    (partition, offset, index) and counts repeats and repeats that differ. With keep_times,
+    also every result's (create time in s since the epoch, as the worker's producer stamped
+    it, source partition), in arrival order: when a worker produced results, whatever the
+    reader's own lag."""
 
-    def __init__(self, topic):
+    def __init__(self, topic, keep_times=False):
         self.c = Consumer({"bootstrap.servers": BROKERS, "group.id": f"reader-{uuid.uuid4().hex}",
                            "auto.offset.reset": "earliest", "enable.auto.commit": False})
         self.c.subscribe([topic])
@@ -76,6 +79,7 @@ class ResultsReader:
         self.total = 0
         self.repeats = 0
         self.differing = []
+        self.times = [] if keep_times else None
 
     def poll(self, seconds):
         end = time.monotonic() + seconds
@@ -86,6 +90,8 @@ class ResultsReader:
                 r = json.loads(m.value())
                 s = r["source"]
                 k = (s["partition"], s["offset"], s["index"])
+                if self.times is not None:
+                    self.times.append((m.timestamp()[1] / 1000.0, s["partition"]))
                 self.total += 1
                 if k in self.by_source:
                     self.repeats += 1

@@ -19,7 +19,7 @@
 #define N(a) (sizeof(a) / sizeof((a)[0]))
 
 static const char *const all_env[] = {
-    "KAFKA_BROKERS", "KAFKA_GROUP_ID", "KAFKA_INPUT_TOPIC", "KAFKA_RESULTS_TOPIC",
+    "KAFKA_BROKERS", "KAFKA_GROUP_ID", "KAFKA_GROUP_INSTANCE_ID", "KAFKA_INPUT_TOPIC", "KAFKA_RESULTS_TOPIC",
     "KAFKA_DLQ_TOPIC", "DATABASE_URL", "METRICS_ADDR", "LOG_LEVEL", "MAX_BATCH_ITEMS",
     "TXN_MAX_ITEMS", "TXN_BACKLOG_ITEMS", "TXN_MAX_WAIT_MS", "SHUTDOWN_TIMEOUT_MS", "RETRY_MAX_MS",
     "DATABASE_CONNECTIONS", "HEALTHZ_STALL_MS", "API_ADDR", "API_KEYS_FILE",
@@ -66,6 +66,8 @@ static const setting_row settings[] = {
      "k1:9092,k2:9092", 0, "env:9092"},
     {"KAFKA_GROUP_ID", "--kafka-group-id", STR, OFF(group_id), "customer-metadata-ingest", 0,
      "grp", 0, "env-grp"},
+    {"KAFKA_GROUP_INSTANCE_ID", "--kafka-group-instance-id", STR, OFF(group_instance_id), NULL,
+     0, "metadata-worker-0", 0, "Pod_1.a"},
     {"KAFKA_INPUT_TOPIC", "--kafka-input-topic", STR, OFF(input_topic),
      "customer-metadata.batches", 0, "in", 0, "env-in"},
     {"KAFKA_RESULTS_TOPIC", "--kafka-results-topic", STR, OFF(results_topic),
@@ -371,6 +373,20 @@ static const struct {
     {"negative connections env", "DATABASE_CONNECTIONS", "-2", {NULL}, "DATABASE_CONNECTIONS"},
     {"bad log level env", "LOG_LEVEL", "loud", {NULL}, "LOG_LEVEL"},
     {"bad log level flag", NULL, NULL, {"--log-level=verbose", NULL}, "LOG_LEVEL"},
+    {"instance id with a space", NULL, NULL, {"--kafka-group-instance-id=pod 0", NULL},
+     "KAFKA_GROUP_INSTANCE_ID"},
+    {"instance id with a slash env", "KAFKA_GROUP_INSTANCE_ID", "ns/pod-0", {NULL},
+     "KAFKA_GROUP_INSTANCE_ID"},
+    {"instance id \"..\"", NULL, NULL, {"--kafka-group-instance-id", "..", NULL},
+     "KAFKA_GROUP_INSTANCE_ID"},
+    {"instance id of 250 characters", NULL, NULL,
+     {"--kafka-group-instance-id="
+      "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+      "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+      "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", NULL},
+     "KAFKA_GROUP_INSTANCE_ID"},
+    {"empty instance id flag", NULL, NULL, {"--kafka-group-instance-id=", NULL},
+     "KAFKA_GROUP_INSTANCE_ID"},
     {"bad flag over good env", "MAX_BATCH_ITEMS", "5", {"--max-batch-items=x", NULL},
      "MAX_BATCH_ITEMS"},
 };
@@ -415,6 +431,28 @@ static void test_int_bounds(void **state) {
     assert_int_equal(c.max_batch_items, 1000000);
     assert_int_equal(c.db_connections, 8);
     config_free(&c);
+}
+
+/* KAFKA_GROUP_INSTANCE_ID takes what Kafka takes: 1-249 of [A-Za-z0-9._-] (the errors above
+ * are the rest). */
+static void test_instance_id_bounds(void **state) {
+    (void)state;
+    char longest[249 + 1];
+    memset(longest, 'x', 249);
+    longest[249] = '\0';
+    static const char *const good[] = {"a", "-", "...", "AZaz09._-", "metadata-worker-0"};
+    for (size_t i = 0; i <= N(good); i++) {
+        const char *v = i < N(good) ? good[i] : longest;
+        mw_config c;
+        char err[256];
+        int rc = load(&c, err, sizeof err, ARGV("--kafka-group-instance-id", (char *)v));
+        bool ok = rc == CONFIG_OK && c.group_instance_id && strcmp(c.group_instance_id, v) == 0;
+        config_free(&c);
+        if (!ok) {
+            print_error("\"%s\": config_load %d \"%s\"\n", v, rc, err);
+            fail();
+        }
+    }
 }
 
 /* config_usage's text (caller frees). */
@@ -480,6 +518,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_help, clear_env, clear_env),
         cmocka_unit_test_setup_teardown(test_errors, clear_env, clear_env),
         cmocka_unit_test_setup_teardown(test_int_bounds, clear_env, clear_env),
+        cmocka_unit_test_setup_teardown(test_instance_id_bounds, clear_env, clear_env),
         cmocka_unit_test_setup_teardown(test_usage, clear_env, clear_env),
         cmocka_unit_test_setup_teardown(test_table_covers_every_setting, clear_env, clear_env),
     };
