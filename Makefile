@@ -85,6 +85,11 @@ $(B)/tests/%: $(B)/obj/tests/unit/%.o $(CORE_LIB)
 	@echo "  LINK $@"
 	@$(CC) $(ALL_CFLAGS) -o $@ $^ $(TEST_LIBS) $(CORE_LIBS) $(CMOCKA)
 
+# worker/kafka's classification of librdkafka's errors (kafka_refusal) needs librdkafka (and
+# the core library again after kafka.o, for the logger).
+$(B)/tests/test_kafka: $(B)/obj/worker/kafka.o
+$(B)/tests/test_kafka: TEST_LIBS = $(CORE_LIB) $(LDLIBS)
+
 asan:
 	$(MAKE) B=build/asan SAN_CFLAGS="$(SAN_FLAGS)" CFLAGS="-O1 -g" all unit-build
 
