@@ -96,6 +96,10 @@ INGEST_TESTS    := $(B)/tests/test_lane $(B)/tests/test_flight
 $(INGEST_TESTS): $(call obj,$(INGEST_TEST_SRC))
 # The core library again after the modules that use it (an archive is searched in order).
 $(INGEST_TESTS): TEST_LIBS = $(CORE_LIB) $(shell pkg-config --libs rdkafka 2>/dev/null)
+# worker/kafka's classification of librdkafka's errors (kafka_refusal) needs librdkafka (and
+# the core library again after kafka.o, for the logger).
+$(B)/tests/test_kafka: $(B)/obj/worker/kafka.o
+$(B)/tests/test_kafka: TEST_LIBS = $(CORE_LIB) $(LDLIBS)
 
 asan:
 	$(MAKE) B=build/asan SAN_CFLAGS="$(SAN_FLAGS)" CFLAGS="-O1 -g" all unit-build

@@ -550,6 +550,13 @@ int api_run(const mw_config *cfg, volatile sig_atomic_t *run, volatile sig_atomi
             *reload = 0;
             reload_keys(a);
         }
+        const char *refused, *rerror, *reason;
+        if (kafka_refused(&refused, &rerror, &reason)) {
+            /* Wrong SASL credentials or an untrusted broker certificate: a configuration
+             * error, not retried for ever (docs/design.md). */
+            log_write(LOG_ERROR, refused, LF_S("error", rerror), LF_S("reason", reason), LF_END);
+            break;
+        }
         rd_kafka_resp_err_t fe = rd_kafka_fatal_error(a->rk, err, sizeof err);
         if (fe) { /* the idempotent producer cannot go on: stop, a supervisor restarts us */
             log_write(LOG_ERROR, "fatal Kafka producer error", LF_S("error", err), LF_END);

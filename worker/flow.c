@@ -8,13 +8,24 @@
 
 #include "../common/log.h"
 #include "ingest_state.h"
+#include "kafka.h"
 
 void flow_heartbeat(ingest *ing) { atomic_store(&ing->m->heartbeat_ms, now_ms()); }
+
+bool flow_kafka_refused(ingest *ing) {
+    const char *msg, *error, *reason;
+    if (!kafka_refused(&msg, &error, &reason)) return false;
+    if (!ing->fatal)
+        log_write(LOG_ERROR, msg, LF_S("error", error), LF_S("reason", reason), LF_END);
+    ing->fatal = true;
+    return true;
+}
 
 void flow_poll_consumer(ingest *ing, int timeout_ms) {
     rd_kafka_message_t *rkm = rd_kafka_consumer_poll(ing->consumer, timeout_ms);
     if (rkm) pending_consume(ing, rkm);
     partitions_assign_recorded(ing);
+    flow_kafka_refused(ing);
 }
 
 void flow_pause(ingest *ing, bool pause) {

@@ -19,8 +19,12 @@ struct ingest;
 /* Records that the main thread is turning (/healthz, main_loop_stall_seconds). */
 void flow_heartbeat(struct ingest *ing);
 
+/* True, after logging it once and setting fatal, when a Kafka client was refused: wrong
+ * SASL credentials or an untrusted broker certificate (kafka_refused): exit 1, no retry. */
+bool flow_kafka_refused(struct ingest *ing);
+
 /* Polls the consumer for up to timeout_ms: a message goes to the pending queue, a recorded
- * assignment is completed. */
+ * assignment is completed; a refusal (flow_kafka_refused) sets fatal. */
 void flow_poll_consumer(struct ingest *ing, int timeout_ms);
 
 /* Pauses (or resumes) every assigned partition; nothing when already so. */

@@ -50,6 +50,10 @@ static bool wait_for_database(ingest *ing) {
         log_write(LOG_WARN, "waiting for PostgreSQL", LF_S("error", ing->errstr), LF_END);
         for (int64_t end = now_ms() + flow_backoff_ms(ing, attempt); now_ms() < end;) {
             if (!*ing->run) return false;
+            /* The producer connects at once: a refused Kafka configuration stops the worker
+             * now, not once PostgreSQL is back. */
+            rd_kafka_poll(ing->producer, 0);
+            if (flow_kafka_refused(ing)) return false;
             struct timespec ts = {0, 50 * 1000000L};
             nanosleep(&ts, NULL);
         }
@@ -142,7 +146,7 @@ static int setup(ingest *ing) {
         log_write(LOG_ERROR, ing->errstr, LF_END);
         return 1;
     }
-    if (!wait_for_database(ing)) return *ing->run ? 1 : 2;
+    if (!wait_for_database(ing)) return *ing->run || ing->fatal ? 1 : 2;
     rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(sub, cfg->input_topic, RD_KAFKA_PARTITION_UA);
     rd_kafka_resp_err_t err = rd_kafka_subscribe(ing->consumer, sub);

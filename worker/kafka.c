@@ -1,6 +1,7 @@
 /* kafka: librdkafka client construction; see kafka.h. */
 #include "kafka.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -13,8 +14,59 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char 
               LF_S("facility", fac), LF_END);
 }
 
+/* The first configuration error error_cb saw (kafka_refused): 0 none, 1 being written, 2 set. */
+static atomic_int refused_state;
+static char refused_msg[256];
+static char refused_error[64];
+static char refused_reason[512];
+
+const char *kafka_refusal(rd_kafka_resp_err_t err, const char *reason) {
+    if (!reason) reason = "";
+    /* The broker's certificate did not verify against ssl.ca.location (or its name does not
+     * match the address): librdkafka reports it as __SSL ("SSL handshake failed: ...
+     * certificate verify failed", or "Failed to verify broker certificate" after the
+     * handshake); matched on the text whatever the code. Other __SSL failures are not
+     * fatal: a reset during a handshake (a broker going down) is one too. */
+    if (strstr(reason, "certificate verify failed") ||
+        strstr(reason, "Failed to verify broker certificate") ||
+        strstr(reason, "Broker did not provide a certificate"))
+        return "the Kafka broker's TLS certificate is not trusted: stopping (check ssl.ca.location,"
+               " and that the certificate names the address in KAFKA_BROKERS)";
+    /* The broker refused the credentials or the mechanism, or the client cannot run its SASL
+     * mechanism. Not a refusal: an exchange cut short by the transport (a broker going down
+     * mid-handshake is reported as __AUTHENTICATION with a local error's text, "Local: ...",
+     * or "Disconnected", or a failed SaslAuthenticate request). */
+    if (err == RD_KAFKA_RESP_ERR__AUTHENTICATION && !strstr(reason, "Local: ") &&
+        !strstr(reason, "Disconnected") && !strstr(reason, "SaslAuthenticateRequest failed"))
+        return "Kafka refused the worker's SASL credentials: stopping (check sasl.username,"
+               " sasl.password and sasl.mechanisms)";
+    return NULL;
+}
+
+bool kafka_refused(const char **msg, const char **error, const char **reason) {
+    if (atomic_load(&refused_state) != 2) return false;
+    *msg = refused_msg;
+    *error = refused_error;
+    *reason = refused_reason;
+    return true;
+}
+
 static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
     (void)opaque;
+    const char *refusal = kafka_refusal((rd_kafka_resp_err_t)err, reason);
+    if (refusal) {
+        /* Recorded for the loop that polls (it logs it once and stops with exit 1): a
+         * configuration error is not retried for ever (docs/design.md). */
+        int none = 0;
+        if (atomic_compare_exchange_strong(&refused_state, &none, 1)) {
+            snprintf(refused_msg, sizeof refused_msg, "%s", refusal);
+            snprintf(refused_error, sizeof refused_error, "%s",
+                     rd_kafka_err2name((rd_kafka_resp_err_t)err));
+            snprintf(refused_reason, sizeof refused_reason, "%s", reason ? reason : "");
+            atomic_store(&refused_state, 2);
+        }
+        return;
+    }
     /* Most errors are informational: librdkafka recovers by itself (docs/contract.md §6). */
     enum log_level l = err == RD_KAFKA_RESP_ERR__FATAL ? LOG_ERROR : LOG_WARN;
     log_write(l, "kafka client error", LF_S("client", rd_kafka_name(rk)),

@@ -11,6 +11,7 @@
 #define MW_KAFKA_H
 
 #include <librdkafka/rdkafka.h>
+#include <stdbool.h>
 
 #include "config.h"
 
@@ -32,5 +33,15 @@ rd_kafka_t *kafka_producer_new(const mw_config *cfg, kafka_dr_fn dr, void *opaqu
  * bounded to queue_kbytes (a full queue fails the produce call: backpressure). */
 rd_kafka_t *kafka_api_producer_new(const mw_config *cfg, kafka_dr_fn dr, void *opaque,
                                    int queue_kbytes, char *errstr, size_t errstr_size);
+
+/* A configuration error librdkafka reported through error_cb, which no retry can fix: the
+ * broker refused the SASL credentials or mechanism (RD_KAFKA_RESP_ERR__AUTHENTICATION), or
+ * its TLS certificate did not verify. Returns the clear message to stop with, or NULL for
+ * everything else (a broker that is down or restarting is waited for, docs/contract.md §6). */
+const char *kafka_refusal(rd_kafka_resp_err_t err, const char *reason);
+
+/* True once a client of this process has been refused (kafka_refusal): the message, the
+ * error's name and librdkafka's reason. Any thread; each client polled serves error_cb. */
+bool kafka_refused(const char **msg, const char **error, const char **reason);
 
 #endif

@@ -3,6 +3,9 @@
 # cluster made with initdb in a temporary folder (its own port and socket, run as a
 # non-root user when we are root) and a single-node Apache Kafka broker in KRaft mode.
 #   stack.sh start DIR   start both; writes DIR/env (source it for KAFKA_BROKERS, DATABASE_URL, PG*)
+#                        The broker also has a SASL_SSL listener (a throwaway CA signed its certificate):
+#                        KAFKA_SASL_BROKERS, KAFKA_CA (the CA's PEM), KAFKA_SASL_USER, KAFKA_SASL_PASSWORD,
+#                        KAFKA_SASL_MECHANISM (PLAIN; SCRAM-SHA-512 is enabled too, same user).
 #   stack.sh stop DIR    stop both and remove DIR
 #   stack.sh pg-stop DIR / pg-start DIR / kafka-stop DIR / kafka-start DIR   (fault tests)
 set -euo pipefail
@@ -56,7 +59,7 @@ start)
     id mwtest >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin mwtest
     chown mwtest "$dir/pg"; chmod o+x "$dir"
   fi
-  pgport=$(free_port); kport=$(free_port); cport=$(free_port)
+  pgport=$(free_port); kport=$(free_port); cport=$(free_port); sport=$(free_port)
   as_pg "$pgbin/initdb" -D "$dir/pg/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
   # Members of the role mw_password_auth (made by the tests that need it) must give a
   # password: wrong-password and missing-password tests; everyone else is trusted.
@@ -79,15 +82,44 @@ shared_preload_libraries = 'pg_stat_statements'
 ssl = on
 CONF
   pg_start
+  # The SASL_SSL listener's certificates (EC P-256: made in milliseconds): a throwaway CA (2 days) and a broker certificate it
+  # signed for 127.0.0.1 (subjectAltName IP:, which librdkafka checks). PEM throughout: the
+  # broker reads its key and chain from one PEM file (ssl.keystore.type=PEM, KIP-651; the key
+  # in PKCS#8, unencrypted, so no ssl.key.password), so no keytool or JKS is needed.
+  tls=$dir/kafka/tls; mkdir -p "$tls"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=metadata-worker-test-CA \
+      -keyout "$tls/ca.key" -out "$tls/ca.pem" >/dev/null 2>&1
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=127.0.0.1 \
+      -keyout "$tls/broker.key" -out "$tls/broker.csr" >/dev/null 2>&1
+  printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$tls/broker.ext"
+  openssl x509 -req -in "$tls/broker.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" \
+      -CAcreateserial -days 2 -extfile "$tls/broker.ext" -out "$tls/broker.crt" >/dev/null 2>&1
+  cat "$tls/broker.key" "$tls/broker.crt" "$tls/ca.pem" >"$tls/broker-keystore.pem"
+  chmod 600 "$tls"/*.key "$tls/broker-keystore.pem"
+  # One user, worker, with the same password for both mechanisms of the SASL_SSL listener:
+  # SCRAM-SHA-512 (created at format time below) and PLAIN (in the listener's JAAS line).
+  # PLAIN is what the worker's tests use: librdkafka before 2.6.1 (Debian's 2.0.2) repeats the
+  # client nonce in its final SCRAM message, which Kafka 4.x rejects as invalid credentials
+  # (docs/operations.md, "Kafka over TLS and SASL").
+  # Cost: the certificates take 0.06 s; the listener adds about 1.2 s to each broker start
+  # (kafka-start 2.0 s -> 3.25 s on this 2-core machine, 2026-11-30; the same broker without
+  # it: 2.0 s), most likely its TLS context being built.
+  sasl_password=$(openssl rand -hex 16)
   cat >"$dir/kafka/server.properties" <<CONF
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$kport,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$kport
+listeners=PLAINTEXT://127.0.0.1:$kport,SASL_SSL://127.0.0.1:$sport,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$kport,SASL_SSL://127.0.0.1:$sport
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_worker="$sasl_password";
+ssl.keystore.type=PEM
+ssl.keystore.location=$tls/broker-keystore.pem
+ssl.client.auth=none
 log.dirs=$dir/kafka/logs
 num.partitions=3
 auto.create.topics.enable=true
@@ -109,17 +141,21 @@ appender.stdout.layout.type=PatternLayout
 appender.stdout.layout.pattern=[%d] %p %m (%c)%n
 CONF
   cid=$(java -cp "$libs/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
+  # The SCRAM user exists from the start (KIP-900): KRaft has no ZooKeeper to add it to later.
   java -cp "$libs/*" kafka.tools.StorageTool format --standalone -t "$cid" \
-      -c "$dir/kafka/server.properties" >"$dir/kafka/format.log" 2>&1
+      -c "$dir/kafka/server.properties" \
+      --add-scram "SCRAM-SHA-512=[name=worker,password=$sasl_password]" >"$dir/kafka/format.log" 2>&1
   cat >"$dir/env" <<ENV
 export KAFKA_LIBS='$libs'
 export KAFKA_BROKERS='127.0.0.1:$kport'
+export KAFKA_SASL_BROKERS='127.0.0.1:$sport' KAFKA_CA='$tls/ca.pem'
+export KAFKA_SASL_USER='worker' KAFKA_SASL_PASSWORD='$sasl_password' KAFKA_SASL_MECHANISM='PLAIN'
 export PGHOST='127.0.0.1' PGPORT='$pgport' PGUSER='postgres' PGDATABASE='postgres'
 export DATABASE_URL='postgresql://postgres@127.0.0.1:$pgport/postgres'
 export MW_STACK_DIR='$dir'
 ENV
   kafka_start
-  echo "stack: PostgreSQL on 127.0.0.1:$pgport, Kafka on 127.0.0.1:$kport (state in $dir)" >&2
+  echo "stack: PostgreSQL on 127.0.0.1:$pgport, Kafka on 127.0.0.1:$kport (SASL_SSL :$sport) (state in $dir)" >&2
   ;;
 stop)
   [ -d "$dir" ] || exit 0
