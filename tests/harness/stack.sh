@@ -57,6 +57,10 @@ start)
     chown mwtest "$dir/pg"; chmod o+x "$dir"
   fi
   pgport=$(free_port); kport=$(free_port); cport=$(free_port)
+  # A second listener whose advertised address is a port nobody listens on until a test's
+  # fault proxy does (tests/reliability/faultproxy.py): clients bootstrapped there are sent
+  # back to the proxy, never around it.
+  xport=$(free_port); pxport=$(free_port)
   as_pg "$pgbin/initdb" -D "$dir/pg/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
   # Members of the role mw_password_auth (made by the tests that need it) must give a
   # password: wrong-password and missing-password tests; everyone else is trusted.
@@ -83,11 +87,11 @@ CONF
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$kport,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$kport
+listeners=PLAINTEXT://127.0.0.1:$kport,CONTROLLER://127.0.0.1:$cport,PROXIED://127.0.0.1:$xport
+advertised.listeners=PLAINTEXT://127.0.0.1:$kport,PROXIED://127.0.0.1:$pxport
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,PROXIED:PLAINTEXT
 log.dirs=$dir/kafka/logs
 num.partitions=3
 auto.create.topics.enable=true
@@ -117,6 +121,7 @@ export KAFKA_BROKERS='127.0.0.1:$kport'
 export PGHOST='127.0.0.1' PGPORT='$pgport' PGUSER='postgres' PGDATABASE='postgres'
 export DATABASE_URL='postgresql://postgres@127.0.0.1:$pgport/postgres'
 export MW_STACK_DIR='$dir'
+export KAFKA_PROXIED_LISTENER='127.0.0.1:$xport' KAFKA_PROXY_PORT='$pxport'
 ENV
   kafka_start
   echo "stack: PostgreSQL on 127.0.0.1:$pgport, Kafka on 127.0.0.1:$kport (state in $dir)" >&2
