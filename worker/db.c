@@ -13,10 +13,27 @@
 #include "sqlstate.h"
 #include "schemas.h"
 
+/* A silent PostgreSQL (docs/operations.md, "Silent networks"). TCP notices a path that
+ * drops packets: libpq's keepalives and tcp_user_timeout (our conninfo defaults, below) end
+ * the connection within ~20 s whether a statement is unanswered or the connection idle. TCP
+ * cannot notice a peer that keeps acknowledging but answers nothing: a proxy, sidecar or load
+ * balancer whose upstream went silent, or a server that hangs. For that the worker bounds
+ * every wait for an answer itself, at the session's statement_timeout (ours: 20 s, set when
+ * the session has none) plus 5 s of grace: by then a live server would have answered, if only
+ * with 57014, so the silence means a dead path; the connection is dropped and the statement
+ * retried as after any connection failure (the offsets check makes a late commit of the
+ * abandoned statement harmless: design.md, "Concurrent writers"). Not for `migrate`, whose
+ * statements may rightly run long. */
+#define DB_STATEMENT_TIMEOUT_MS 20000
+#define DB_ANSWER_GRACE_MS 5000
+
 struct mw_db {
     PGconn *conn;
     char *url;  /* NULL: PG* variables */
     bool busy;  /* an asynchronous db_apply_send awaits its result */
+    bool unbounded; /* migrate: no statement_timeout of ours, no answer deadline */
+    int answer_ms;  /* the longest wait for an answer (0: none): statement_timeout + grace */
+    int64_t sent_ms; /* when the asynchronous statement was sent */
 };
 
 mw_db *db_new(const mw_config *cfg) {
@@ -189,6 +206,39 @@ static int64_t mono_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+#define STR(x) #x
+#define XSTR(x) STR(x)
+
+/* Sends a statement and waits for its result at most wait_ms (0: no limit), as PQexec
+ * would: the last result, or NULL (the connection failed, or *late: no answer in time). */
+static PGresult *exec_wait(PGconn *c, const char *sql, int n, const char *const *params,
+                           int wait_ms, bool *late) {
+    *late = false;
+    if (!PQsendQueryParams(c, sql, n, NULL, params, NULL, NULL, 0)) return NULL;
+    int64_t deadline = wait_ms > 0 ? mono_ms() + wait_ms : 0;
+    while (PQisBusy(c)) {
+        int64_t left = deadline ? deadline - mono_ms() : 1000;
+        if (left <= 0) {
+            *late = true;
+            return NULL;
+        }
+        struct pollfd pfd = {PQsocket(c), POLLIN, 0};
+        if (poll(&pfd, 1, (int)(left > 1000 ? 1000 : left)) == 0) continue;
+        if (!PQconsumeInput(c)) break;
+    }
+    PGresult *res = NULL, *r;
+    while ((r = PQgetResult(c)) != NULL) {
+        /* PQexec's rule: an error result is kept over what follows it. */
+        if (res && PQresultStatus(res) == PGRES_FATAL_ERROR) {
+            PQclear(r);
+            continue;
+        }
+        PQclear(res);
+        res = r;
+    }
+    return res;
+}
+
 /* Connects without blocking past connect_timeout and tells "cannot reach" (DB_TRANSIENT:
  * refused, timed out, PostgreSQL starting or shutting down, too many connections) from
  * "reached and refused" (DB_FATAL: authentication, unknown role or database, no pg_hba
@@ -201,11 +251,17 @@ enum db_status db_connect(mw_db *db, char *errstr, size_t errstr_size) {
         db->conn = NULL;
     }
     /* Our defaults first: the user's conninfo (expanded from dbname) overrides them. */
+    /* A path that drops packets ends the connection within ~20 s: tcp_user_timeout aborts it
+     * when sent data (a statement, a keepalive probe) stays unacknowledged for 20 s; an idle
+     * connection (or one waiting for a long statement's answer) sends keepalive probes
+     * after 10 s of silence, then every 5 s, and the kernel aborts it at the first probe
+     * past the user timeout (20 s; 25 s from the count alone if the user unsets
+     * tcp_user_timeout). */
     const char *keys[] = {"application_name", "connect_timeout", "keepalives",
                           "keepalives_idle", "keepalives_interval", "keepalives_count",
-                          "dbname", NULL};
-    const char *vals[] = {"metadata-worker", "10", "1", "10", "5", "3", db->url, NULL};
-    if (!db->url) keys[6] = NULL;
+                          "tcp_user_timeout", "dbname", NULL};
+    const char *vals[] = {"metadata-worker", "10", "1", "10", "5", "3", "20000", db->url, NULL};
+    if (!db->url) keys[7] = NULL;
     PGconn *c = PQconnectStartParams(keys, vals, 1);
     if (!c) {
         snprintf(errstr, errstr_size, "out of memory");
@@ -226,10 +282,36 @@ enum db_status db_connect(mw_db *db, char *errstr, size_t errstr_size) {
         ps = PQconnectPoll(c);
     }
     if (!timed_out && PQstatus(c) == CONNECTION_OK) {
-        db->conn = c;
         PQsetErrorVerbosity(c, PQERRORS_DEFAULT);
-        PQsetNoticeReceiver(db->conn, notice_cb, NULL);
-        return DB_OK;
+        PQsetNoticeReceiver(c, notice_cb, NULL);
+        if (db->unbounded) {
+            db->conn = c;
+            db->answer_ms = 0;
+            return DB_OK;
+        }
+        /* The session's statement_timeout (DATABASE_URL's options, PGOPTIONS, the role's or
+         * database's setting), or ours when it has none: it bounds the wait for answers. */
+        bool late = false;
+        int left = (int)(deadline - mono_ms());
+        PGresult *r = exec_wait(c,
+                                "SELECT setting, CASE WHEN setting = '0' THEN set_config("
+                                "'statement_timeout', '" XSTR(DB_STATEMENT_TIMEOUT_MS) "', false) END"
+                                " FROM pg_settings WHERE name = 'statement_timeout'",
+                                0, NULL, left > 1000 ? left : 1000, &late);
+        if (r && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
+            long long t = atoll(PQgetvalue(r, 0, 0));
+            if (t == 0) t = DB_STATEMENT_TIMEOUT_MS;
+            db->answer_ms = t > INT32_MAX - DB_ANSWER_GRACE_MS ? 0 : (int)t + DB_ANSWER_GRACE_MS;
+            PQclear(r);
+            db->conn = c;
+            return DB_OK;
+        }
+        copy_msg(errstr, errstr_size, "cannot set up the session: ",
+                 late ? "no answer within connect_timeout" : r ? PQresultErrorMessage(r)
+                                                                 : PQerrorMessage(c));
+        PQclear(r);
+        PQfinish(c);
+        return DB_TRANSIENT;
     }
     enum db_status st = DB_TRANSIENT;
     char state[6];
@@ -270,6 +352,19 @@ static enum db_status classify(mw_db *db, PGresult *res, char *errstr, size_t er
     return st;
 }
 
+/* No answer within answer_ms: the path (or the server) is silent; the connection is given
+ * up and the caller retries, as after any connection failure. */
+static enum db_status answer_late(mw_db *db, char *errstr, size_t errstr_size) {
+    snprintf(errstr, errstr_size,
+             "no answer from PostgreSQL within %d s (statement_timeout + %d s): the connection"
+             " is silent; dropped",
+             db->answer_ms / 1000, DB_ANSWER_GRACE_MS / 1000);
+    PQfinish(db->conn);
+    db->conn = NULL;
+    db->busy = false;
+    return DB_TRANSIENT;
+}
+
 /* Runs one parameterised statement; on success *out holds the result (caller clears). */
 static enum db_status exec(mw_db *db, const char *sql, int n, const char *const *params,
                            ExecStatusType want, PGresult **out, char *errstr, size_t errstr_size) {
@@ -280,7 +375,9 @@ static enum db_status exec(mw_db *db, const char *sql, int n, const char *const 
     }
     enum db_status st = db_connect(db, errstr, errstr_size);
     if (st != DB_OK) return st;
-    PGresult *res = PQexecParams(db->conn, sql, n, NULL, params, NULL, NULL, 0);
+    bool late = false;
+    PGresult *res = exec_wait(db->conn, sql, n, params, db->answer_ms, &late);
+    if (late) return answer_late(db, errstr, errstr_size);
     if (res && PQresultStatus(res) == want) {
         if (out) *out = res;
         else PQclear(res);
@@ -298,6 +395,9 @@ enum db_status db_ping(mw_db *db, char *errstr, size_t errstr_size) {
 enum db_status db_migrate(mw_db *db, int *applied, char *errstr, size_t errstr_size) {
     *applied = 0;
     enum db_status st;
+    /* Migrations may rightly run long (an index on a big table): no deadline of ours. */
+    if (!db->unbounded && db->conn) db_drop(db);
+    db->unbounded = true;
     /* One migrator at a time (several workers may start together). */
     if ((st = exec(db, "SELECT pg_advisory_lock(726150001)", 0, NULL, PGRES_TUPLES_OK, NULL,
                    errstr, errstr_size)) != DB_OK)
@@ -489,8 +589,10 @@ enum db_status db_apply_send(mw_db *db, const char *group, const char *topic,
         st = DB_TRANSIENT;
     else if (!PQsendQueryParams(db->conn, APPLY_SQL, 7, NULL, ap.p, NULL, NULL, 0))
         st = classify(db, NULL, errstr, errstr_size);
-    else
+    else {
         db->busy = true;
+        db->sent_ms = mono_ms();
+    }
     apply_params_free(&ap);
     return st;
 }
@@ -523,7 +625,13 @@ enum db_status db_apply_poll(mw_db *db, int *done, char *errstr, size_t errstr_s
         *done = 1;
         return classify(db, NULL, errstr, errstr_size);
     }
-    if (PQisBusy(db->conn)) return DB_OK;
+    if (PQisBusy(db->conn)) {
+        if (db->answer_ms && mono_ms() - db->sent_ms > db->answer_ms) {
+            *done = 1;
+            return answer_late(db, errstr, errstr_size);
+        }
+        return DB_OK;
+    }
     /* The statement's result, then NULL: read both so the connection is idle again. */
     enum db_status st = DB_OK;
     PGresult *res;

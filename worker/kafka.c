@@ -100,6 +100,23 @@ static const char *const common_defaults[] = {
      * are untouched: queued and in-flight results are sent again on the new connection with
      * their sequence numbers, as before. */
     "reconnect.backoff.max.ms", "1000",
+    /* How soon a silent broker is noticed (docs/operations.md, "Silent networks"): a request
+     * with no answer for socket.timeout.ms fails, and (socket.max.fails=1) its connection is
+     * closed and made again. The consumer fetches all the time (fetch.wait.max.ms 50), so a
+     * broker or path that goes silent, whether it drops packets or keeps acknowledging
+     * them (a proxy), shows up as a timed-out fetch 20 s later (librdkafka's default, 60 s,
+     * is past our 30 s target); a new connection into the silence fails its setup within
+     * socket.connection.setup.timeout.ms (30 s) and is retried every second. Produce
+     * requests keep the producer's own request.timeout.ms (30 s: acks=all may wait on
+     * replicas). Safe: a broker answers these requests in milliseconds (the long waits of
+     * JoinGroup and SyncGroup have timeouts of their own); a timed-out request is retried on
+     * the new connection (idempotent producer; fetches and commits are repeatable). Group
+     * membership is not at stake: the coordinator keeps it for session.timeout.ms (45 s)
+     * without heartbeats, so a 30 s silence is survived if the connection is back within
+     * ~15 s of its end. TCP keepalives are asked for too (the OS's timers: they only close
+     * what a timeout would). */
+    "socket.timeout.ms", "20000",
+    "socket.keepalive.enable", "true",
     NULL};
 
 static rd_kafka_conf_t *base_conf(const mw_config *cfg, void *opaque, const char *const *defaults,

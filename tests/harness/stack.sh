@@ -60,6 +60,10 @@ start)
     chown mwtest "$dir/pg"; chmod o+x "$dir"
   fi
   pgport=$(free_port); kport=$(free_port); cport=$(free_port); sport=$(free_port)
+  # A second listener whose advertised address is a port nobody listens on until a test's
+  # fault proxy does (tests/reliability/faultproxy.py): clients bootstrapped there are sent
+  # back to the proxy, never around it.
+  xport=$(free_port); pxport=$(free_port)
   as_pg "$pgbin/initdb" -D "$dir/pg/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
   # Members of the role mw_password_auth (made by the tests that need it) must give a
   # password: wrong-password and missing-password tests; everyone else is trusted.
@@ -109,11 +113,11 @@ CONF
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$kport,SASL_SSL://127.0.0.1:$sport,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$kport,SASL_SSL://127.0.0.1:$sport
+listeners=PLAINTEXT://127.0.0.1:$kport,SASL_SSL://127.0.0.1:$sport,CONTROLLER://127.0.0.1:$cport,PROXIED://127.0.0.1:$xport
+advertised.listeners=PLAINTEXT://127.0.0.1:$kport,SASL_SSL://127.0.0.1:$sport,PROXIED://127.0.0.1:$pxport
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT,PROXIED:PLAINTEXT
 sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_worker="$sasl_password";
@@ -153,6 +157,7 @@ export KAFKA_SASL_USER='worker' KAFKA_SASL_PASSWORD='$sasl_password' KAFKA_SASL_
 export PGHOST='127.0.0.1' PGPORT='$pgport' PGUSER='postgres' PGDATABASE='postgres'
 export DATABASE_URL='postgresql://postgres@127.0.0.1:$pgport/postgres'
 export MW_STACK_DIR='$dir'
+export KAFKA_PROXIED_LISTENER='127.0.0.1:$xport' KAFKA_PROXY_PORT='$pxport'
 ENV
   kafka_start
   echo "stack: PostgreSQL on 127.0.0.1:$pgport, Kafka on 127.0.0.1:$kport (SASL_SSL :$sport) (state in $dir)" >&2
