@@ -90,7 +90,7 @@ $(B)/tests/%: $(B)/obj/tests/unit/%.o $(CORE_LIB)
 # The lane and flight tests run the real ingest modules on fakes at their edges: the database
 # is tests/unit/fake_db.c (instead of worker/db.c), Kafka librdkafka's in-process mock cluster.
 INGEST_TEST_SRC := worker/lane.c worker/txn.c worker/flight.c worker/pending.c \
-                   worker/partitions.c worker/flow.c worker/metrics.c \
+                   worker/partitions.c worker/flow.c worker/metrics.c worker/kafka.c \
                    tests/unit/fake_db.c tests/unit/ingest_fixture.c
 INGEST_TESTS    := $(B)/tests/test_lane $(B)/tests/test_flight
 $(INGEST_TESTS): $(call obj,$(INGEST_TEST_SRC))
