@@ -291,8 +291,10 @@ class TestIngest(E2ECase):
         message (docs/benchmarks.md, Performance): 1,000 items in 20 messages give one apply
         statement per connection that had work (1-2), and besides them only the worker's fixed
         statements: the schema check, one offsets read per assigned partition and the idle
-        ping (every 2 s), and the read of whether the table is plain (schema 4: at the first
-        transaction, then every 30 s) -- 7-8 statements in all. TXN_MAX_WAIT_MS is 1 s so that a lane
+        ping (every 2 s), the read of whether the table is plain (schema 4: at the first
+        transaction, then every 30 s), and per connection the session's statement_timeout
+        (read, and set when the session has none: a silent server is noticed) -- 8-10
+        statements in all. TXN_MAX_WAIT_MS is 1 s so that a lane
         whose partitions' messages arrive in two fetches still makes one transaction: the
         count then depends on the design, not on timing."""
         self.query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
@@ -312,7 +314,7 @@ class TestIngest(E2ECase):
             " WHERE d.datname = current_database()") if "pg_stat_statements" not in q]
         kinds = {"apply": "customer_metadata_apply(", "schema": "FROM metadata_worker_schema",
                  "offsets": "FROM customer_metadata_offsets", "ping": "SELECT $1",
-                 "plain": "customer_metadata_plain()"}
+                 "plain": "customer_metadata_plain()", "session": "FROM pg_settings WHERE name"}
         calls = dict.fromkeys(kinds, 0)
         other = []
         for q, c in stats:
@@ -334,6 +336,7 @@ class TestIngest(E2ECase):
         self.assertEqual(sum(t["items"] for t in transactions), n_msgs * per)
         self.assertEqual(calls["schema"], 1, stats)
         self.assertEqual(calls["plain"], 1, stats)
+        self.assertLessEqual(calls["session"], 2, stats)  # once per connection (2)
         self.assertEqual(calls["offsets"], self.partitions, stats)  # once each, at assignment
         self.assertLessEqual(calls["ping"], 1 + int(lifetime / 2), stats)
         self.assertEqual(self.query("SELECT count(*) FROM customer_metadata")[0][0], n_msgs * per)
