@@ -122,6 +122,7 @@ class E2ECase(unittest.TestCase):
     """Gives each test its own topics, consumer group and database."""
 
     partitions = 3
+    replication = 1  # of the test's topics (3 against tests/reliability/kcluster.py's cluster)
 
     def setUp(self):
         if not BROKERS:
@@ -133,10 +134,11 @@ class E2ECase(unittest.TestCase):
         self.group = f"grp-{self.id_}"
         self.dbname = f"mw_{self.id_}"
         admin = AdminClient({"bootstrap.servers": BROKERS})
-        fs = admin.create_topics([NewTopic(self.topic, self.partitions, 1,
+        r = self.replication
+        fs = admin.create_topics([NewTopic(self.topic, self.partitions, r,
                                            config={"max.message.bytes": "4194304"}),
-                                  NewTopic(self.results_topic, 3, 1),
-                                  NewTopic(self.dlq_topic, 1, 1)])
+                                  NewTopic(self.results_topic, 3, r),
+                                  NewTopic(self.dlq_topic, 1, r)])
         for f in fs.values():
             f.result(30)
         admin_db = pg_admin()
