@@ -33,7 +33,9 @@ static void rewind_partition(ingest *ing, partition_state *ps, int64_t pg_next) 
     rd_kafka_topic_partition_list_add(l, ing->cfg->input_topic, ps->part)->offset = to;
     pending_drop_partitions(ing, l);
     rd_kafka_error_t *e = rd_kafka_seek_partitions(ing->consumer, l, 0);
-    if (!e && l->elems[0].err) e = rd_kafka_error_new(l->elems[0].err, "%s", rd_kafka_err2str(l->elems[0].err));
+    /* Asynchronous (timeout 0): "in progress" is its success. */
+    if (!e && l->elems[0].err && l->elems[0].err != RD_KAFKA_RESP_ERR__IN_PROGRESS)
+        e = rd_kafka_error_new(l->elems[0].err, "%s", rd_kafka_err2str(l->elems[0].err));
     if (e) {
         /* The messages cannot be had again by this worker: stop rather than skip them (a
          * restart resumes from the committed offsets). */
