@@ -108,7 +108,7 @@ class PgFailoverTests(FaultBase):
     def test_2_primary_read_only_for_a_while(self):
         cl = self.cl
         stream = Stream(30_000, self.partitions, seed=32)
-        reader = ResultsReader(self.results_topic)
+        reader = ResultsReader(self.results_topic, keep_times=True)
         self.assertTrue(reader.wait_assigned(), "the results reader got no partition")
         producer = self.start_stream(stream, 20)
         w = self.start_worker()
@@ -123,10 +123,18 @@ class PgFailoverTests(FaultBase):
             cur.execute("ALTER SYSTEM RESET default_transaction_read_only")
             cur.execute("SELECT pg_reload_conf()")
         c.close()
-        read_only = time.monotonic() - t0
+        read_only, writable_wall = time.monotonic() - t0, time.time()
         self.assertIsNone(w.proc.poll(), "the worker exited while PostgreSQL was read-only:\n" + w.dump())
+        end = time.monotonic() + 60
+        first = None
+        while first is None and time.monotonic() < end:
+            reader.poll(0.5)
+            after = [t for t, _ in reader.times if t >= writable_wall]
+            first = min(after) if after else None
+        self.assertIsNotNone(first, "no result once writable again:\n" + w.dump())
         self.finish(stream, producer, reader, [w], "postgres read-only",
-                    read_only_s=round(read_only, 1))
+                    read_only_s=round(read_only, 1),
+                    writable_to_results_s=round(first - writable_wall, 1))
         lines = w.lines()
         refused = [l for l in lines if "25006" in l]
         print(f"\n  read-only: {len(refused)} log lines with 25006 (retried)", end=" ")
