@@ -344,6 +344,15 @@ static enum db_status classify(mw_db *db, PGresult *res, char *errstr, size_t er
         PQclear(r);
     }
     enum db_status st = sqlstate_class(state);
+    /* 25006: the server is read-only (demoted to a standby, or default_transaction_read_only
+     * set). The connection is dropped, so the retry connects afresh: with a multi-host
+     * DATABASE_URL and target_session_attrs=read-write, libpq then finds the new primary;
+     * kept, it would be refused again whatever the other hosts became. */
+    if (state && strcmp(state, "25006") == 0) {
+        PQfinish(db->conn);
+        db->conn = NULL;
+        return st;
+    }
     /* Two workers inserting one new key at once is not the data's fault. */
     if (st == DB_DATA && state && strcmp(state, "23505") == 0) {
         const char *c = PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME);

@@ -13,6 +13,9 @@ enum db_status sqlstate_class(const char *s) {
         "57014", /* query_canceled (statement_timeout) */
         "57P01", "57P02", "57P03", /* admin/crash shutdown, cannot connect now */
         "25P03", /* idle_in_transaction_session_timeout */
+        "25006", /* read_only_sql_transaction: a primary restarted as a standby, or set
+                  * read-only, for a while (db.c drops the connection: a multi-host
+                  * DATABASE_URL then finds the read-write server) */
         "XX000", /* internal_error: worth one more try */
         "MW001", /* merged rows for a table with rules of its own (schema 4): send generations */
         NULL};

@@ -14,6 +14,39 @@ static enum db_status out_of_memory(mw_lane *lane) {
     return DB_TRANSIENT;
 }
 
+/* PostgreSQL's next offset for a partition went back, from what this worker had read or
+ * committed (ps->pg_next) to pg_next: transactions it had seen committed are gone, with their
+ * offsets. Offsets only ever move forward, so this is a failover to a standby that lacked the
+ * last commits (asynchronous replication), or a restore. The messages from pg_next on must be
+ * applied again: the partition's pending messages (all past the lost ones) are dropped and its
+ * consumer position is moved back to pg_next (the beginning when the row itself is gone), so
+ * the messages come again and go through the ordinary path; those whose results were already
+ * sent get them again, identical (at least once to Kafka). */
+static void rewind_partition(ingest *ing, partition_state *ps, int64_t pg_next) {
+    int64_t to = pg_next >= 0 ? pg_next : RD_KAFKA_OFFSET_BEGINNING;
+    log_write(LOG_WARN, "PostgreSQL lost committed transactions (failover to a standby that lacked them?):"
+              " applying the partition's messages again from its recorded offset",
+              LF_I("partition", ps->part), LF_I("pg_next_offset_was", ps->pg_next),
+              LF_I("pg_next_offset", pg_next), LF_I("messages_lost", pg_next >= 0 ? ps->pg_next - pg_next : -1),
+              LF_END);
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, ing->cfg->input_topic, ps->part)->offset = to;
+    pending_drop_partitions(ing, l);
+    rd_kafka_error_t *e = rd_kafka_seek_partitions(ing->consumer, l, 0);
+    /* Asynchronous (timeout 0): "in progress" is its success. */
+    if (!e && l->elems[0].err && l->elems[0].err != RD_KAFKA_RESP_ERR__IN_PROGRESS)
+        e = rd_kafka_error_new(l->elems[0].err, "%s", rd_kafka_err2str(l->elems[0].err));
+    if (e) {
+        /* The messages cannot be had again by this worker: stop rather than skip them (a
+         * restart resumes from the committed offsets). */
+        log_write(LOG_ERROR, "cannot move the consumer back: stopping", LF_I("partition", ps->part),
+                  LF_S("error", rd_kafka_error_string(e)), LF_END);
+        rd_kafka_error_destroy(e);
+        ing->fatal = true;
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
 /* Reads PostgreSQL's next offset for the transaction's partitions not known yet. */
 static enum db_status load_offsets(ingest *ing, mw_lane *lane) {
     /* A transaction covers at most MAX_TXN_PARTS partitions (lane_start): all fit. */
@@ -36,10 +69,10 @@ static enum db_status load_offsets(ingest *ing, mw_lane *lane) {
     if (st != DB_OK) return st;
     for (int k = 0; k < n; k++) {
         partition_state *ps = partitions_find(&ing->partitions, want[k]);
-        if (ps) {
-            ps->pg_next = next[k];
-            ps->known = true;
-        }
+        if (!ps) continue;
+        if (ps->pg_next >= 0 && next[k] < ps->pg_next) rewind_partition(ing, ps, next[k]);
+        ps->pg_next = next[k];
+        ps->known = true;
     }
     return DB_OK;
 }

@@ -9,7 +9,9 @@
  * every PLAIN_REREAD_MS: an owner may add rules at any time), else generations.
  * txn_applied takes the happy-path statement's status: a data error is isolated by the
  * slow path (item by item in subtransactions, rejects recorded on the messages); success
- * moves the cached offsets; failure forgets them (read again before the retry).
+ * moves the cached offsets; failure forgets them (read again before the retry). An offset
+ * read lower than the one cached (a failover to a standby that lacked the last commits) makes
+ * the partition be consumed again from it: pending messages dropped, consumer seeked back.
  *
  * Ownership: the lane owns the plan, the document and the offsets arrays; the plan points
  * into the pending messages' batches, so a lane whose messages were dropped must prepare
