@@ -73,6 +73,7 @@ class AssignedReader(ResultsReader):
         self.total = 0
         self.repeats = 0
         self.differing = []
+        self.times = None
 
 
 class BrokerRestartTest(FaultBase):
