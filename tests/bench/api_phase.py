@@ -58,6 +58,7 @@ from confluent_kafka import Producer
 
 import bench
 import gen
+from phases import loadavg, vm_status
 from bench import BenchError, log
 
 ROUTE = "/metadata-ingestion/v1/many-customer-metadata"
@@ -287,15 +288,6 @@ class Sampler(threading.Thread):
         self.join(5)
 
 
-def vm_status(pid):
-    rss = hwm = None
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) / 1024
-            elif line.startswith("VmHWM:"):
-                hwm = int(line.split()[1]) / 1024
-    return rss, hwm
 
 
 def peak(samples, i):
@@ -402,9 +394,6 @@ def per_s(v, secs):
     return None if v is None or not secs else v / secs
 
 
-def loadavg():
-    with open("/proc/loadavg") as f:
-        return f.read().split()[:3]
 
 
 # ---------------------------------------------------------------- the ceiling
