@@ -217,7 +217,20 @@ static void replay_reports_recorded_rejects_without_applying(void **state) {
 
 /* A transient error is retried (after a backoff, synchronously) with the same items and the
  * offsets read again; the transaction's messages become one flight, each result once. */
-static void transient_is_retried(const char *error, enum mw_retry_reason reason) {
+typedef struct {
+    const char *error;
+    enum mw_retry_reason reason;
+} transient_case;
+
+static const transient_case deadlock = {"40P01: deadlock detected", RR_DEADLOCK};
+static const transient_case admin_shutdown = {
+    "57P01: terminating connection due to administrator command", RR_OTHER};
+static const transient_case connection_lost = {"server closed the connection unexpectedly",
+                                               RR_CONNECTION};
+
+static void transient_is_retried(void **state) {
+    const char *error = ((const transient_case *)*state)->error;
+    enum mw_retry_reason reason = ((const transient_case *)*state)->reason;
     fixture *fx = fx_new(NULL);
     ingest *ing = fx->ing;
     mw_lane *lane = &ing->lanes[0];
@@ -255,21 +268,6 @@ static void transient_is_retried(const char *error, enum mw_retry_reason reason)
     assert_int_equal(fx_committed(fx, 2), 1);
     assert_int_equal(fake_db.misuse, 0);
     fx_free(fx);
-}
-
-static void deadlock_is_retried(void **state) {
-    (void)state;
-    transient_is_retried("40P01: deadlock detected", RR_DEADLOCK);
-}
-
-static void admin_shutdown_is_retried(void **state) {
-    (void)state;
-    transient_is_retried("57P01: terminating connection due to administrator command", RR_OTHER);
-}
-
-static void connection_lost_is_retried(void **state) {
-    (void)state;
-    transient_is_retried("server closed the connection unexpectedly", RR_CONNECTION);
 }
 
 /* MW001 (merged rows sent to a table that stopped being plain) switches to generations and
@@ -579,9 +577,9 @@ int main(void) {
         cmocka_unit_test(applied_ok_moves_offsets_and_becomes_flight),
         cmocka_unit_test(answer_sends_next_transaction_at_once),
         cmocka_unit_test(replay_reports_recorded_rejects_without_applying),
-        cmocka_unit_test(deadlock_is_retried),
-        cmocka_unit_test(admin_shutdown_is_retried),
-        cmocka_unit_test(connection_lost_is_retried),
+        {"deadlock_is_retried", transient_is_retried, NULL, NULL, (void *)&deadlock},
+        {"admin_shutdown_is_retried", transient_is_retried, NULL, NULL, (void *)&admin_shutdown},
+        {"connection_lost_is_retried", transient_is_retried, NULL, NULL, (void *)&connection_lost},
         cmocka_unit_test(mw001_switches_to_generations_at_once),
         cmocka_unit_test(data_error_isolates_refused_items),
         cmocka_unit_test(fatal_error_stops_without_storing),
