@@ -63,16 +63,8 @@
 #define TOPIC "customer-metadata.batches"
 #define KNOWN_SECRET "fuzz-known-secret" /* keys mode: corpus-api/keys-* hash this one */
 
-#define CHECK(cond, ...)                                                                    \
-    do {                                                                                    \
-        if (!(cond)) {                                                                      \
-            fprintf(stderr, "fuzz_api: invariant failed at %s:%d: %s\n  ", __FILE__,        \
-                    __LINE__, #cond);                                                       \
-            fprintf(stderr, __VA_ARGS__);                                                   \
-            fputc('\n', stderr);                                                            \
-            abort();                                                                        \
-        }                                                                                   \
-    } while (0)
+#define FUZZ_NAME "fuzz_api"
+#include "fuzz_check.h"
 
 /* The request mode's clients. */
 static const struct { const char *id, *secret; } clients[] = {

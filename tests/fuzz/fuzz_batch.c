@@ -67,16 +67,8 @@ static json_tokener *check_tok;  /* parses the documents written back */
 static mw_plan plan;             /* reused across inputs, like the worker's */
 static jsonw w;
 
-#define CHECK(cond, ...)                                                                    \
-    do {                                                                                    \
-        if (!(cond)) {                                                                      \
-            fprintf(stderr, "fuzz_batch: invariant failed at %s:%d: %s\n  ", __FILE__,      \
-                    __LINE__, #cond);                                                       \
-            fprintf(stderr, __VA_ARGS__);                                                   \
-            fputc('\n', stderr);                                                            \
-            abort();                                                                        \
-        }                                                                                   \
-    } while (0)
+#define FUZZ_NAME "fuzz_batch"
+#include "fuzz_check.h"
 
 static bool starts_with(const char *s, const char *prefix) {
     return s && strncmp(s, prefix, strlen(prefix)) == 0;
