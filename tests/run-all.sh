@@ -54,6 +54,9 @@ step "reliability" env MW_BIN="$root/build/metadata-worker" \
 # membership: no worker code path of their own); the normal pass runs everything.
 step "reliability (asan)" env MW_BIN="$root/build/asan/metadata-worker" MW_INFRA_FAULTS=0 \
   $py -m unittest discover -s tests/reliability -p 'test_*.py' -v
+# The Kubernetes manifests of deploy/kubernetes: yamllint, kubernetes-validate, references and
+# agreement with the code (no cluster needed).
+step "deploy manifests" $py -m unittest discover -s tests/deploy -p 'test_kubernetes*.py' -v
 if [ -d tests/compose ]; then
   step "containers and schemas" $py -m unittest discover -s tests/compose -p 'test_*.py' -v
 fi
