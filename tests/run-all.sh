@@ -54,9 +54,12 @@ step "reliability" env MW_BIN="$root/build/metadata-worker" \
 # membership: no worker code path of their own); the normal pass runs everything.
 step "reliability (asan)" env MW_BIN="$root/build/asan/metadata-worker" MW_INFRA_FAULTS=0 \
   $py -m unittest discover -s tests/reliability -p 'test_*.py' -v
-# Alert rules (promtool check/test rules) and the Grafana dashboard, offline; their metric
-# names against a real scrape are in the end-to-end suite (test_metrics_names.py).
-step "alert rules and dashboard" $py -m unittest discover -s tests/deploy -p 'test_[pd]*.py' -v
+# deploy/: the Kubernetes manifests (yamllint, kubernetes-validate, references, agreement with
+# the code), the alert rules (promtool check/test rules) and the Grafana dashboard, offline (no
+# cluster); the metric names they use are checked against a real scrape in the end-to-end
+# suite (test_metrics_names.py).
+step "deploy: manifests, alert rules, dashboard" \
+  $py -m unittest discover -s tests/deploy -p 'test_*.py' -v
 if [ -d tests/compose ]; then
   step "containers and schemas" $py -m unittest discover -s tests/compose -p 'test_*.py' -v
 fi

@@ -4,7 +4,8 @@
 # Apache Kafka's broker jars from Maven Central into a cache folder reused by later runs.
 # Usage: deps.sh [build|test|all]
 #   build     sections build and unit of deps/packages.txt (compilers, -dev packages, cmocka)
-#   test      also test and fuzz, and the Kafka jars (prints the jars' folder)
+#   test      also test and fuzz, the Kafka jars (prints the jars' folder) and tests/deploy's
+#             kubernetes-validate (tests/deploy/venv.sh)
 #   all       also bench (wrk, for the benchmark's api phase)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -36,6 +37,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 [ "$what" = build ] && exit 0
+
+# kubernetes-validate for tests/deploy, in build/venv-deploy (PyPI; kept once made). Not fatal
+# here: without it only tests/deploy fails, and it says why.
+bash "$here/../deploy/venv.sh" >/dev/null ||
+  echo "deps: kubernetes-validate not installed: tests/deploy will fail" >&2
 
 # Kafka broker jars (KRaft), cached so only the first run downloads.
 ver=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/kafka-pom.xml")
