@@ -86,6 +86,79 @@ class TestRulesWithPromtool(unittest.TestCase):
         self.assertIn(case["alertname"], out)
 
 
+CONFIG = os.path.join(ROOT, "deploy", "prometheus", "prometheus.yml")
+WORKER_YAML = os.path.join(ROOT, "deploy", "kubernetes", "base", "worker.yaml")
+API_YAML = os.path.join(ROOT, "deploy", "kubernetes", "base", "api.yaml")
+
+
+def offline_config(path, dest_dir):
+    """A copy of prometheus.yml that Debian's promtool can check: Debian builds Prometheus
+    without Kubernetes service discovery, so each kubernetes_sd_configs becomes a static target
+    (everything else, relabelling and rule_files included, is checked as written)."""
+    with open(path) as f:
+        cfg = yaml.safe_load(f)
+    for job in cfg["scrape_configs"]:
+        if job.pop("kubernetes_sd_configs", None) is not None:
+            job["static_configs"] = [{"targets": ["127.0.0.1:9090"]}]
+    out = os.path.join(dest_dir, "prometheus.yml")
+    with open(out, "w") as f:
+        yaml.safe_dump(cfg, f)
+    shutil.copy(metricnames.RULES, os.path.join(dest_dir, "rules.yml"))
+    return out
+
+
+def services(path):
+    """{Service name: set of port names} of a manifest file."""
+    with open(path) as f:
+        return {d["metadata"]["name"]: {p["name"] for p in d["spec"]["ports"]}
+                for d in yaml.safe_load_all(f) if d and d.get("kind") == "Service"}
+
+
+class TestScrapeConfig(unittest.TestCase):
+    """deploy/prometheus/prometheus.yml: valid, and its jobs are the ones the rules select and
+    the Services of deploy/kubernetes expose."""
+
+    def test_check_config_passes(self):
+        with tempfile.TemporaryDirectory() as d:
+            rc, out = promtool("check", "config", offline_config(CONFIG, d))
+        self.assertEqual(rc, 0, out)
+
+    def test_check_config_fails_on_a_bad_relabel_action(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = offline_config(CONFIG, d)
+            with open(path) as f:
+                text = f.read()
+            self.assertIn("action: keep", text)
+            with open(path, "w") as f:
+                f.write(text.replace("action: keep", "action: kept", 1))
+            rc, out = promtool("check", "config", path)
+        self.assertNotEqual(rc, 0, out)
+
+    def test_jobs_match_the_rules_and_the_services(self):
+        with open(CONFIG) as f:
+            cfg = yaml.safe_load(f)
+        jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
+        with open(metricnames.RULES) as f:
+            rules_text = f.read()
+        selected = set(re.findall(r'job="([^"]+)"', rules_text))
+        self.assertTrue(selected, "the rules select no job")
+        self.assertLessEqual(selected, set(jobs), "a job the rules select is not scraped")
+        svc = {**services(WORKER_YAML), **services(API_YAML)}
+        for name, job in jobs.items():
+            keep = [r for r in job["relabel_configs"] if r.get("action") == "keep"]
+            self.assertEqual(len(keep), 1, name)
+            service, port = keep[0]["regex"].split(";")
+            self.assertIn(service, svc, f"job {name} keeps Service {service}, not in deploy/")
+            self.assertIn(port, svc[service], f"job {name}: Service {service} has no port {port}")
+
+    def test_the_workers_service_publishes_unready_pods(self):
+        """An unready worker must still be scraped: its metadata_worker_ready is what the
+        NotReady alert reads."""
+        with open(WORKER_YAML) as f:
+            docs = [d for d in yaml.safe_load_all(f) if d and d.get("kind") == "Service"]
+        self.assertTrue(all(d["spec"].get("publishNotReadyAddresses") for d in docs))
+
+
 class TestRulesContent(unittest.TestCase):
 
     def setUp(self):
