@@ -21,8 +21,8 @@ its memory, file descriptors, lag and latency stay flat (or to explain why not).
   5. Drains (every produced item must get its result), checks the table (row count equals the
      stream's distinct valid keys; a 1-in-500 sample of keys column by column: an hour's full
      expected state would not fit in memory), writes soak-<date>.md and prints the summary
-     (report.py). Exit 1 on missing results, a table mismatch, an unexpected worker exit or
-     RSS growth beyond report.RSS_GROWTH_LIMIT.
+     (report.py). Exit 1 on missing results, a table mismatch, an unexpected worker exit, or
+     RSS/fds peaks growing from the first half to the second (report.py says how much).
 
 Run with Debian's /usr/bin/python3 (python3-confluent-kafka, python3-psycopg2).
 """
