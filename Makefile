@@ -10,6 +10,8 @@
 #                   FUZZ_TARGET=api: the API's request path and keys file instead
 #   make run        install what is missing, start a local stack, run the worker on it
 #   make bench      the benchmark (see docs/benchmarks.md)
+#   make soak       an hour under load with worker and PostgreSQL restarts (tests/soak/soak.py;
+#                   SOAK_MINUTES etc., see docs/benchmarks.md "Soak"); not part of make test
 #   make deps       install the Debian packages of deps/packages.txt and Kafka's jars
 #
 # A build folder B (build/, build/asan/, build/fuzz/) holds obj/ (objects and their generated
@@ -49,7 +51,7 @@ IO_OBJ     := $(call obj,$(IO_SRC)) $(B)/obj/gen/schemas.o
 TEST_OBJ   := $(call obj,$(addprefix tests/unit/,$(addsuffix .c,$(UNIT_TESTS))))
 FUZZ_OBJ   := $(call obj,$(FUZZ_SRC))
 
-.PHONY: all asan unit unit-build check fuzz fuzz-build fuzz-target test run bench clean deps
+.PHONY: all asan unit unit-build check fuzz fuzz-build fuzz-target test run bench soak clean deps
 # Objects reached through pattern rules only (the tests') are kept, not deleted as intermediate.
 .SECONDARY:
 
@@ -153,6 +155,11 @@ run:
 
 bench:
 	bash tests/bench/run.sh
+
+soak:
+	bash tests/harness/deps.sh all >/dev/null
+	$(MAKE) all
+	$(PY) tests/soak/soak.py
 
 clean:
 	rm -rf build
