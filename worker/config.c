@@ -42,6 +42,9 @@ static const setting settings[] = {
      "dead-letter topic for messages that are not a batch"},
     {"DATABASE_URL", "--database-url", S_STR, OFF(database_url), NULL, 0, 0,
      "libpq conninfo or URI (unset: libpq's PG* variables)"},
+    {"KAFKA_CONFIG_FILE", "--kafka-config-file", S_STR, OFF(kafka_config_file), NULL, 0, 0,
+     "file of librdkafka properties, name=value a line (kcat's -F), e.g. SASL credentials "
+     "from a secret; -X wins over it"},
     {"METRICS_ADDR", "--metrics-addr", S_STR, OFF(metrics_addr), NULL, 0, 0,
      "host:port of /metrics, /healthz, /readyz (unset: off)"},
     {"LOG_LEVEL", "--log-level", S_LEVEL, OFF(log_level), "info", 0, 0,
@@ -138,6 +141,25 @@ static int set_value(mw_config *c, const setting *s, const char *v, const char *
     return CONFIG_ERR;
 }
 
+/* Appends name[0..name_len) = value (copied). */
+static int push_prop(mw_config *c, const char *name, size_t name_len, const char *value,
+                     char *errstr, size_t errstr_size) {
+    char **nn = realloc(c->prop_names, (size_t)(c->n_props + 1) * sizeof *nn);
+    if (!nn) goto oom;
+    c->prop_names = nn;
+    char **vv = realloc(c->prop_values, (size_t)(c->n_props + 1) * sizeof *vv);
+    if (!vv) goto oom;
+    c->prop_values = vv;
+    c->prop_names[c->n_props] = strndup(name, name_len);
+    c->prop_values[c->n_props] = strdup(value);
+    c->n_props++;
+    if (!c->prop_names[c->n_props - 1] || !c->prop_values[c->n_props - 1]) goto oom;
+    return CONFIG_OK;
+oom:
+    snprintf(errstr, errstr_size, "out of memory");
+    return CONFIG_ERR;
+}
+
 static int add_prop(mw_config *c, const char *nv, char *errstr, size_t errstr_size) {
     const char *eq = strchr(nv, '=');
     if (!eq || eq == nv) {
@@ -145,20 +167,90 @@ static int add_prop(mw_config *c, const char *nv, char *errstr, size_t errstr_si
         snprintf(errstr, errstr_size, "-X: expected name=value");
         return CONFIG_ERR;
     }
-    char **nn = realloc(c->prop_names, (size_t)(c->n_props + 1) * sizeof *nn);
-    if (!nn) goto oom;
-    c->prop_names = nn;
-    char **vv = realloc(c->prop_values, (size_t)(c->n_props + 1) * sizeof *vv);
-    if (!vv) goto oom;
-    c->prop_values = vv;
-    c->prop_names[c->n_props] = strndup(nv, (size_t)(eq - nv));
-    c->prop_values[c->n_props] = strdup(eq + 1);
-    c->n_props++;
-    if (!c->prop_names[c->n_props - 1] || !c->prop_values[c->n_props - 1]) goto oom;
+    return push_prop(c, nv, (size_t)(eq - nv), eq + 1, errstr, errstr_size);
+}
+
+static bool is_blank(char ch) { return ch == ' ' || ch == '\t'; }
+
+int config_add_props_text(mw_config *c, const char *text, const char *origin, char *errstr,
+                          size_t errstr_size) {
+    int line_no = 0;
+    for (const char *line = text; *line;) {
+        const char *end = line + strcspn(line, "\n");
+        const char *next = *end ? end + 1 : end;
+        line_no++;
+        while (end > line && end[-1] == '\r') end--;
+        const char *p = line;
+        while (p < end && is_blank(*p)) p++;
+        if (p == end || *p == '#' || *p == '!') {
+            line = next;
+            continue;
+        }
+        const char *eq = memchr(p, '=', (size_t)(end - p));
+        const char *name_end = eq;
+        while (name_end && name_end > p && is_blank(name_end[-1])) name_end--;
+        if (!eq || name_end == p) {
+            /* The line is not echoed: it may hold a secret. */
+            snprintf(errstr, errstr_size, "%s line %d: expected name=value", origin, line_no);
+            return CONFIG_ERR;
+        }
+        const char *v = eq + 1;
+        while (v < end && is_blank(*v)) v++;
+        char *value = strndup(v, (size_t)(end - v));
+        if (!value) {
+            snprintf(errstr, errstr_size, "out of memory");
+            return CONFIG_ERR;
+        }
+        int rc = push_prop(c, p, (size_t)(name_end - p), value, errstr, errstr_size);
+        free(value);
+        if (rc != CONFIG_OK) return rc;
+        line = next;
+    }
     return CONFIG_OK;
-oom:
-    snprintf(errstr, errstr_size, "out of memory");
-    return CONFIG_ERR;
+}
+
+/* Reads KAFKA_CONFIG_FILE and puts its properties before those of -X (which win). */
+static int load_props_file(mw_config *c, char *errstr, size_t errstr_size) {
+    const char *path = c->kafka_config_file;
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(errstr, errstr_size, "KAFKA_CONFIG_FILE %s: %s", path, strerror(errno));
+        return CONFIG_ERR;
+    }
+    enum { MAX_FILE = 1 << 20 };
+    char *text = malloc(MAX_FILE + 1);
+    size_t n = text ? fread(text, 1, MAX_FILE + 1, f) : 0;
+    bool failed = text && ferror(f);
+    fclose(f);
+    if (!text || failed || n > MAX_FILE) {
+        snprintf(errstr, errstr_size, "KAFKA_CONFIG_FILE %s: %s", path,
+                 !text ? "out of memory" : failed ? "read error" : "larger than 1 MiB");
+        free(text);
+        return CONFIG_ERR;
+    }
+    text[n] = '\0';
+    if (memchr(text, '\0', n)) {
+        snprintf(errstr, errstr_size, "KAFKA_CONFIG_FILE %s: not a text file", path);
+        free(text);
+        return CONFIG_ERR;
+    }
+    int n_x = c->n_props;
+    char **x_names = c->prop_names, **x_values = c->prop_values;
+    c->n_props = 0;
+    c->prop_names = c->prop_values = NULL;
+    char origin[300];
+    snprintf(origin, sizeof origin, "KAFKA_CONFIG_FILE %s", path);
+    int rc = config_add_props_text(c, text, origin, errstr, errstr_size);
+    free(text);
+    for (int i = 0; i < n_x; i++) {
+        if (rc == CONFIG_OK)
+            rc = push_prop(c, x_names[i], strlen(x_names[i]), x_values[i], errstr, errstr_size);
+        free(x_names[i]);
+        free(x_values[i]);
+    }
+    free(x_names);
+    free(x_values);
+    return rc;
 }
 
 int config_load(mw_config *c, int argc, char **argv, char *errstr, size_t errstr_size) {
@@ -212,6 +304,7 @@ int config_load(mw_config *c, int argc, char **argv, char *errstr, size_t errstr
         }
         if (set_value(c, s, v, s->flag, errstr, errstr_size) != CONFIG_OK) return CONFIG_ERR;
     }
+    if (c->kafka_config_file) return load_props_file(c, errstr, errstr_size);
     return CONFIG_OK;
 }
 

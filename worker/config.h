@@ -2,7 +2,9 @@
  * config: the worker's settings, built once from a declarative table (environment
  * variable, command-line flag, type, default, help line) and immutable afterwards.
  * A flag wins over its environment variable; `-X name=value` passes a librdkafka
- * property through (kcat's convention).
+ * property through (kcat's convention), and KAFKA_CONFIG_FILE names a file of such
+ * properties (kcat's -F), read first so that -X wins over it: secrets such as
+ * sasl.password then stay out of the command line (/proc/PID/cmdline, `ps`).
  *
  * Ownership: config_load fills a mw_config that owns all its strings; config_free
  * releases them. Values are never logged (they may hold secrets).
@@ -22,6 +24,7 @@ typedef struct mw_config {
     char *dlq_topic;
     char *database_url;     /* NULL: libpq's PG* variables apply */
     char *metrics_addr;     /* NULL: no HTTP endpoint */
+    char *kafka_config_file; /* NULL: none; else its properties come before the -X ones */
     int log_level;
     int max_batch_items;    /* items per message (docs/contract.md §2) */
     int txn_max_items;      /* items gathered into one database transaction */
@@ -40,7 +43,7 @@ typedef struct mw_config {
     int api_produce_timeout_ms;
     char *api_tls_cert;     /* both set: HTTPS */
     char *api_tls_key;
-    int n_props;            /* -X name=value pairs, in order */
+    int n_props;            /* KAFKA_CONFIG_FILE's, then -X's name=value pairs, in order */
     char **prop_names;
     char **prop_values;
     int n_args;             /* positional arguments left (e.g. validate's FILE) */
@@ -56,6 +59,13 @@ int config_load(mw_config *c, int argc, char **argv, char *errstr, size_t errstr
     __attribute__((warn_unused_result));
 
 void config_free(mw_config *c);
+
+/* Appends the properties of `text`, a properties file's content: one name=value a line
+ * (spaces around the name and before the value ignored), blank lines and lines starting with
+ * '#' or '!' skipped. `origin` names the file in errors ("FILE line N: …"); values are never
+ * echoed. Returns CONFIG_OK or CONFIG_ERR. */
+int config_add_props_text(mw_config *c, const char *text, const char *origin, char *errstr,
+                          size_t errstr_size) __attribute__((warn_unused_result));
 
 /* Prints the settings table (flags, variables, defaults, help; never current values). */
 void config_usage(FILE *out);

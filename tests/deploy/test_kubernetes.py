@@ -187,6 +187,14 @@ def reference_problems(objs):
     return problems
 
 
+def kafka_properties(objs):
+    """{name: value} of the Secret metadata-worker-kafka's kafka.properties (the file the
+    worker reads with KAFKA_CONFIG_FILE: name=value lines, # comments)."""
+    text = secret_data(objs)["metadata-worker-kafka"]["kafka.properties"]
+    return dict(tuple(x.strip() for x in line.split("=", 1)) for line in text.splitlines()
+                if line.strip() and not line.lstrip().startswith(("#", "!")))
+
+
 _KV = {}
 
 
@@ -349,11 +357,14 @@ class TestKustomize(TempDir):
                          ["Job/metadata-worker-migrate container migrate env LOG_LEVEL: "
                           "configMap metadata-worker-config has no key LOG_LEVLE"])
         broken = copy.deepcopy(objs)
-        find(broken, "Secret", "metadata-worker-kafka")["stringData"].pop("sasl-password")
+        find(broken, "Secret", "metadata-worker-kafka")["stringData"].pop("kafka.properties")
         problems = reference_problems(broken + keda_objects())
-        self.assertTrue(any("StatefulSet/metadata-worker" in p and "sasl-password" in p
+        self.assertTrue(any("StatefulSet/metadata-worker" in p and "kafka.properties" in p
                             for p in problems), problems)
         self.assertTrue(any("Deployment/metadata-worker-api" in p for p in problems), problems)
+        broken = copy.deepcopy(objs)
+        find(broken, "Secret", "metadata-worker-kafka")["stringData"].pop("sasl-password")
+        problems = reference_problems(broken + keda_objects())
         self.assertTrue(any("TriggerAuthentication" in p for p in problems), problems)
         broken = [o for o in copy.deepcopy(objs) if o["metadata"]["name"] != "metadata-worker-api-config"]
         self.assertIn("Deployment/metadata-worker-api container api: configMap "
@@ -433,28 +444,48 @@ class TestKeda(unittest.TestCase):
                          find(keda_objects(), "TriggerAuthentication")["metadata"]["name"])
 
     def test_login_agrees_with_the_worker(self):
-        """KEDA logs in with the mechanism and TLS the worker's -X properties name."""
+        """KEDA logs in as the workers' kafka.properties says: same mechanism, TLS, user and
+        password (KEDA cannot read the file, so the Secret holds the login twice)."""
         objs = base_objects()
-        props = dict(a.split("=", 1) for a in
-                     pod_spec(find(objs, "StatefulSet"))["containers"][0]["args"] if "=" in a)
+        secrets = secret_data(objs)
+        props = kafka_properties(objs)
         refs = {r["parameter"]: r for r in
                 find(keda_objects(), "TriggerAuthentication")["spec"]["secretTargetRef"]}
-        secrets = secret_data(objs)
-        value = lambda p: secrets[refs[p]["name"]][refs[p]["key"]]
+        value = lambda p: secrets[refs[p]["name"]][refs[p]["key"]]  # noqa: E731
         keda_sasl = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256",
                      "SCRAM-SHA-512": "scram_sha512", "OAUTHBEARER": "oauthbearer"}
         self.assertEqual(value("sasl"), keda_sasl[props["sasl.mechanisms"]])
         tls = props["security.protocol"] in ("SSL", "SASL_SSL")
         self.assertEqual(value("tls"), "enable" if tls else "disable")
-        # The same login and CA file as the worker's.
-        env = pod_spec(find(objs, "StatefulSet"))["containers"][0]["env"]
-        user_ref = next(e for e in env if e["name"] == "KAFKA_SASL_USERNAME")["valueFrom"]["secretKeyRef"]
-        self.assertEqual((refs["username"]["name"], refs["username"]["key"]),
-                         (user_ref["name"], user_ref["key"]))
-        # The API logs in as the worker does.
-        api_args = pod_spec(find(objs, "Deployment"))["containers"][0]["args"]
-        worker_args = pod_spec(find(objs, "StatefulSet"))["containers"][0]["args"]
-        self.assertEqual(api_args[1:], worker_args[1:])
+        self.assertEqual(value("username"), props["sasl.username"])
+        self.assertEqual(value("password"), props["sasl.password"])
+        self.assertEqual(refs["ca"]["key"], os.path.basename(props["ssl.ca.location"]))
+        # A login changed in one place only is caught.
+        broken = copy.deepcopy(objs)
+        find(broken, "Secret", "metadata-worker-kafka")["stringData"]["sasl-password"] = "other"
+        self.assertNotEqual(secret_data(broken)["metadata-worker-kafka"]["sasl-password"],
+                            kafka_properties(broken)["sasl.password"])
+
+    def test_workers_and_api_read_the_properties_file(self):
+        """Both name kafka.properties with KAFKA_CONFIG_FILE and mount it from the Secret
+        where it says; no Kafka property is on a command line."""
+        objs = base_objects()
+        path = configmap_data(objs)["metadata-worker-config"]["KAFKA_CONFIG_FILE"]
+        for kind in ("StatefulSet", "Deployment"):
+            spec = pod_spec(find(objs, kind))
+            c = spec["containers"][0]
+            self.assertNotIn("-X", c["args"], kind)
+            self.assertEqual(container_env(objs, c).get("KAFKA_CONFIG_FILE"), path, kind)
+            mounted = set()
+            volumes = {v["name"]: v for v in spec["volumes"]}
+            for m in c["volumeMounts"]:
+                sec = volumes[m["name"]].get("secret", {})
+                if sec.get("secretName") == "metadata-worker-kafka":
+                    mounted |= {os.path.join(m["mountPath"], i["path"])
+                                for i in sec["items"] if i["key"] == "kafka.properties"}
+            self.assertIn(path, mounted, kind)
+        ca = kafka_properties(objs)["ssl.ca.location"]
+        self.assertTrue(ca.startswith(os.path.dirname(path) + "/"), ca)
 
 
 class TestAgainstTheCode(unittest.TestCase):
@@ -575,7 +606,9 @@ class TestAgainstTheCode(unittest.TestCase):
             self.assertIn("secretKeyRef", db["valueFrom"])
         for kind in ("StatefulSet", "Deployment"):
             c = pod_spec(find(self.objs, kind))["containers"][0]
-            self.assertIn("sasl.password=$(KAFKA_SASL_PASSWORD)", c["args"])
+            self.assertFalse([a for a in c["args"] if "password" in a], kind)
+            self.assertFalse([e for e in c.get("env", []) if "PASSWORD" in e["name"]], kind)
+        self.assertIn("sasl.password", kafka_properties(self.objs))
         # The API needs no database.
         api = pod_spec(find(self.objs, "Deployment"))["containers"][0]
         self.assertNotIn("DATABASE_URL", container_env(self.objs, api))

@@ -8,7 +8,9 @@ tests/harness/stack.sh (a throwaway CA signed the broker's certificate for 127.0
     configuration errors: `run` and `api` stop with one clear line and exit 1 within
     REFUSED_BOUND_S (docs/design.md), instead of retrying for ever;
   - a broker that is merely down is still waited for over SASL_SSL (docs/contract.md §6);
-  - no log line of any of these runs shows the password (librdkafka's security debug on).
+  - no log line of any of these runs shows the password (librdkafka's security debug on);
+  - the same settings from KAFKA_CONFIG_FILE (a properties file) work, with the password in
+    no command line.
 
 The worker authenticates with PLAIN over TLS: librdkafka before 2.6.1 (Debian's 2.0.2) sends
 a SCRAM final message that Kafka 4.x refuses (the client nonce twice); test_scram pins what
@@ -183,6 +185,30 @@ class TestKafkaTlsRun(SaslCase, ApiCase):
             self.produce({"items": [{"externalCustomerId": "tls", "externalConversationId": "s"}]})
             self.wait_results(1, w)
             self.stop_worker(w)
+
+    def test_7_credentials_from_a_file(self):
+        # KAFKA_CONFIG_FILE (kcat's -F): the same settings from a properties file, so that the
+        # password is in no command line. A wrong password there is refused like one in -X
+        # (the file is read); the right one ingests, and -X still wins over the file.
+        def props(password):
+            path = os.path.join(self.tmp, "kafka.properties")
+            with open(path, "w") as f:
+                f.write("# from a Kubernetes Secret, say\n"
+                        + "".join(f"{a}\n" for a in sasl_args(password, debug=False)[1::2]))
+            os.chmod(path, 0o600)
+            return {"KAFKA_CONFIG_FILE": path}
+        w = self.start_worker(extra_env=props(WRONG_PASSWORD), args=("run",))
+        took = self.assert_refused(w, AUTH_MSG, "wrong password in KAFKA_CONFIG_FILE")
+        w = self.start_worker(extra_env=props(PASSWORD),
+                              args=("run", "-X", "client.id=from-the-command-line"))
+        with open(f"/proc/{w.proc.pid}/cmdline", "rb") as f:
+            cmdline = f.read().decode(errors="replace")
+        self.assertNotIn(PASSWORD, cmdline)
+        self.produce({"items": [{"externalCustomerId": "tls", "externalConversationId": "file"}]})
+        self.wait_results(1, w)
+        self.stop_worker(w)
+        print(f"\n  KAFKA_CONFIG_FILE: wrong password exit 1 after {took:.2f} s; the right one "
+              "ingests, password in no command line", end=" ")
 
 
 if __name__ == "__main__":

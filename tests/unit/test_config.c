@@ -1,6 +1,7 @@
 /*
  * Unit tests of worker/config: defaults, environment variables, flags over the environment
- * (--name value and --name=value), -X name=value pass-through, positional arguments, errors.
+ * (--name value and --name=value), -X name=value pass-through and KAFKA_CONFIG_FILE,
+ * positional arguments, errors.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../../worker/config.h"
 #include "../../common/log.h"
@@ -24,7 +26,13 @@ static const char *const all_env[] = {
     "TXN_MAX_ITEMS", "TXN_BACKLOG_ITEMS", "TXN_MAX_WAIT_MS", "SHUTDOWN_TIMEOUT_MS", "RETRY_MAX_MS",
     "DATABASE_CONNECTIONS", "HEALTHZ_STALL_MS", "API_ADDR", "API_KEYS_FILE",
     "API_MAX_BODY_BYTES", "API_RATE_LIMIT", "API_PRODUCE_TIMEOUT_MS", "API_TLS_CERT", "API_TLS_KEY",
+    "KAFKA_CONFIG_FILE",
 };
+
+/* Two empty properties files (created by main): KAFKA_CONFIG_FILE's values in the settings
+ * table, which the generic tests set from the environment and flags. */
+#define EMPTY_PROPS_A "/tmp/mw-test-config-a.properties"
+#define EMPTY_PROPS_B "/tmp/mw-test-config-b.properties"
 
 /* Every test starts (and ends) with none of the settings in the environment. */
 static int clear_env(void **state) {
@@ -76,6 +84,8 @@ static const setting_row settings[] = {
      "dead", 0, "env-dead"},
     {"DATABASE_URL", "--database-url", STR, OFF(database_url), NULL, 0,
      "postgresql://u:p@db:5432/x?sslmode=require", 0, "host=env"},
+    {"KAFKA_CONFIG_FILE", "--kafka-config-file", STR, OFF(kafka_config_file), NULL, 0,
+     EMPTY_PROPS_A, 0, EMPTY_PROPS_B},
     {"METRICS_ADDR", "--metrics-addr", STR, OFF(metrics_addr), NULL, 0,
      "0.0.0.0:9100", 0, "127.0.0.1:1"},
     {"LOG_LEVEL", "--log-level", INT, OFF(log_level), NULL, LOG_INFO,
@@ -288,6 +298,92 @@ static void test_props_errors(void **state) {
         }
         config_free(&c);
     }
+}
+
+/* ---- KAFKA_CONFIG_FILE ---------------------------------------------------------------- */
+
+static char props_path[64];
+
+static void write_props(const char *text) {
+    strcpy(props_path, "/tmp/mw-test-props.XXXXXX");
+    int fd = mkstemp(props_path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* The file's properties come first, in order, then -X's (librdkafka keeps the last value
+ * set, so -X wins); comments, blank lines, CRLF and spaces around the name are handled. */
+static void test_props_file_then_x(void **state) {
+    (void)state;
+    write_props("# Kafka over SASL_SSL\r\n"
+                "security.protocol = SASL_SSL\r\n"
+                "\n"
+                "   ! another comment\n"
+                "\tsasl.username=worker\n"
+                "sasl.password=  p=q # not a comment \n"
+                "empty.value=\n"
+                "last.line=no newline");
+    setenv("KAFKA_CONFIG_FILE", props_path, 1);
+    mw_config c;
+    char err[256];
+    assert_int_equal(load(&c, err, sizeof err, ARGV("-X", "security.protocol=SSL")), CONFIG_OK);
+    static const char *const names[] = {"security.protocol", "sasl.username", "sasl.password",
+                                        "empty.value", "last.line", "security.protocol"};
+    static const char *const values[] = {"SASL_SSL", "worker", "p=q # not a comment ", "",
+                                         "no newline", "SSL"};
+    assert_int_equal(c.n_props, (int)N(names));
+    for (int i = 0; i < c.n_props; i++) {
+        assert_string_equal(c.prop_names[i], names[i]);
+        assert_string_equal(c.prop_values[i], values[i]);
+    }
+    config_free(&c);
+    unlink(props_path);
+}
+
+/* A bad file stops the worker with the file and line named, never a value echoed. */
+static void test_props_file_errors(void **state) {
+    (void)state;
+    static const struct {
+        const char *text, *want;
+    } bad[] = {
+        {"security.protocol=SSL\ns3cr3t\n", "line 2: expected name=value"},
+        {"=s3cr3t\n", "line 1: expected name=value"},
+        {"  = s3cr3t\n", "line 1: expected name=value"},
+    };
+    for (size_t i = 0; i < N(bad); i++) {
+        write_props(bad[i].text);
+        setenv("KAFKA_CONFIG_FILE", props_path, 1);
+        mw_config c;
+        char err[256];
+        int rc = load(&c, err, sizeof err, ARGV("-X", "b=s3cr3t"));
+        if (rc != CONFIG_ERR || !strstr(err, bad[i].want) || !strstr(err, props_path) ||
+            strstr(err, "s3cr3t")) {
+            print_error("case %zu: rc %d, err \"%s\"\n", i, rc, err);
+            fail();
+        }
+        config_free(&c);
+        unlink(props_path);
+    }
+    /* Missing, and not text. */
+    setenv("KAFKA_CONFIG_FILE", "/nonexistent/kafka.properties", 1);
+    mw_config c;
+    char err[256];
+    assert_int_equal(load(&c, err, sizeof err, NOARGS), CONFIG_ERR);
+    assert_non_null(strstr(err, "KAFKA_CONFIG_FILE /nonexistent/kafka.properties: No such file"));
+    config_free(&c);
+    write_props("");
+    FILE *f = fopen(props_path, "wb");
+    assert_non_null(f);
+    fwrite("a=1\0b=2\n", 1, 8, f);
+    fclose(f);
+    setenv("KAFKA_CONFIG_FILE", props_path, 1);
+    assert_int_equal(load(&c, err, sizeof err, NOARGS), CONFIG_ERR);
+    assert_non_null(strstr(err, "not a text file"));
+    config_free(&c);
+    unlink(props_path);
 }
 
 /* ---- positional arguments, --help, errors -------------------------------------------- */
@@ -513,6 +609,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_log_levels, clear_env, clear_env),
         cmocka_unit_test_setup_teardown(test_props_in_order, clear_env, clear_env),
         cmocka_unit_test_setup_teardown(test_props_errors, clear_env, clear_env),
+        cmocka_unit_test_setup_teardown(test_props_file_then_x, clear_env, clear_env),
+        cmocka_unit_test_setup_teardown(test_props_file_errors, clear_env, clear_env),
         cmocka_unit_test_setup_teardown(test_positional, clear_env, clear_env),
         cmocka_unit_test_setup_teardown(test_double_dash_ends_options, clear_env, clear_env),
         cmocka_unit_test_setup_teardown(test_help, clear_env, clear_env),
@@ -522,5 +620,13 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_usage, clear_env, clear_env),
         cmocka_unit_test_setup_teardown(test_table_covers_every_setting, clear_env, clear_env),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    for (size_t i = 0; i < 2; i++) {
+        FILE *f = fopen(i ? EMPTY_PROPS_B : EMPTY_PROPS_A, "w");
+        if (!f) return 1;
+        fclose(f);
+    }
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    unlink(EMPTY_PROPS_A);
+    unlink(EMPTY_PROPS_B);
+    return failed;
 }
