@@ -56,6 +56,18 @@ RATE = knob("SOAK_RATE", None)
 PARTS = knob("SOAK_PARTITIONS", 6, int)
 PROBE_ITEMS = knob("SOAK_PROBE_ITEMS", 1_000_000, int)
 PG_DOWN_S = 5.0
+# Disk a run needs, from the first hour-long attempt (30,215 items/s, stopped at 13 minutes when
+# it was seen to head for 75 GB): PostgreSQL grew 466 bytes per item produced (new keys keep
+# coming, with their indexes), Kafka held 806 bytes per item of its retained window (input and
+# results), which reaches ~15 minutes (10 min retention, removed by 64 MB segments on a
+# 5-minute check).
+PG_BYTES_PER_ITEM, KAFKA_BYTES_PER_ITEM, KAFKA_WINDOW_MIN = 470, 810, 15
+
+
+def disk_needed(rate, minutes):
+    """Bytes the run's PostgreSQL and Kafka will hold at its end."""
+    return rate * 60 * (minutes * PG_BYTES_PER_ITEM
+                        + min(minutes, KAFKA_WINDOW_MIN) * KAFKA_BYTES_PER_ITEM)
 METRICS = ("db_retries_total", "dead_letters_total", "bad_requests_total", "replayed_messages_total",
            "results_failed_total", "rebalances_total", "db_errors_total", "messages_consumed_total")
 
@@ -250,6 +262,12 @@ def main():
         rate = RATE or measured / 2
         log(f"rate: {rate:,.0f} items/s (" + (f"maximum measured {measured:,.0f} items/s, halved)"
                                               if measured else "SOAK_RATE)"))
+        need, free = disk_needed(rate, MINUTES), shutil.disk_usage(folder).free
+        log(f"disk: the run needs about {need / 1e9:.0f} GB, {free / 1e9:.0f} GB free")
+        if need * 1.1 > free:
+            log(f"not enough disk for {MINUTES:g} min at {rate:,.0f} items/s: lower SOAK_RATE "
+                "or SOAK_MINUTES")
+            return 2
         from confluent_kafka.admin import AdminClient, NewTopic
         keep = {"retention.ms": "600000", "segment.bytes": str(64 << 20)}
         topic, results, group = "soak-input", "soak-results", "soak"
