@@ -132,7 +132,11 @@ class BrokerRestartTest(FaultBase):
         stream = Stream(60_000, self.partitions, seed=21)
         reader = AssignedReader(self.results_topic, RESULTS_PARTITIONS)
         w = self.start_worker()
-        producer = self.start_stream(stream, 50, FAST_RECONNECT)
+        # Paced over 90 s: each restart must find input still coming, or there is no result to
+        # wait for after it. The second stop comes ~30 s in (5 s + the first outage with its
+        # stop and start + 5 s); paced over 50 s, a slow broker stop/start once let the whole
+        # stream be answered before it.
+        producer = self.start_stream(stream, 90, FAST_RECONNECT)
         figures = []
         for outage_s in OUTAGES_S:
             # Mid-stream: results flowing (and the group settled) before each stop.
