@@ -6,6 +6,7 @@ Run with Debian's /usr/bin/python3 (python3-confluent-kafka, python3-psycopg2)."
 
 import json
 import os
+import socket
 import signal
 import subprocess
 import tempfile
@@ -34,6 +35,15 @@ def pg_admin():
     conn = psycopg2.connect(dbname="postgres")
     conn.autocommit = True
     return conn
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
 
 
 class Worker:

@@ -18,15 +18,9 @@ import threading
 import time
 import unittest
 
-from harness import BIN, EXAMPLE, E2ECase
+from harness import BIN, EXAMPLE, E2ECase, free_port  # noqa: F401 (test_kafka_tls imports it here)
 
 ROUTE = "/metadata-ingestion/v1/many-customer-metadata"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def new_key(client_id):

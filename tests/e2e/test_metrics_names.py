@@ -7,23 +7,14 @@ tests/deploy. Histograms are used through their _bucket/_sum/_count series, whic
 scrape holds; `up` is Prometheus's own, and job/instance are labels Prometheus adds."""
 
 import os
-import socket
 import sys
 import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deploy"))
-from harness import E2ECase  # noqa: E402
+from harness import E2ECase, free_port  # noqa: E402
 import metricnames  # noqa: E402
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 class TestMetricNames(E2ECase):
