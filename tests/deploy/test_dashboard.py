@@ -124,6 +124,13 @@ def read():
         return f.read()
 
 
+def problems_with_first_expr(expr):
+    """check_dashboard's problems with the first panel's first query replaced by expr."""
+    dash = json.loads(read())
+    next(p for p in dash["panels"] if p["type"] != "row")["targets"][0]["expr"] = expr
+    return check_dashboard(json.dumps(dash))
+
+
 class TestDashboard(unittest.TestCase):
 
     def test_the_dashboard_passes_the_check(self):
@@ -160,26 +167,18 @@ class TestDashboard(unittest.TestCase):
         self.assertTrue(problems[0].startswith("not JSON"), problems)
 
     def test_a_metric_the_worker_does_not_export_fails(self):
-        dash = json.loads(read())
-        target = next(p for p in dash["panels"] if p["type"] != "row")["targets"][0]
-        target["expr"] = 'sum(rate(metadata_worker_items_ingested_total{job=~"$job"}[$__rate_interval]))'
-        problems = check_dashboard(json.dumps(dash))
+        problems = problems_with_first_expr(
+            'sum(rate(metadata_worker_items_ingested_total{job=~"$job"}[$__rate_interval]))')
         self.assertEqual(len(problems), 1, problems)
         self.assertIn("metadata_worker_items_ingested_total", problems[0])
 
     def test_a_label_the_worker_does_not_export_fails(self):
-        dash = json.loads(read())
-        target = next(p for p in dash["panels"] if p["type"] != "row")["targets"][0]
-        target["expr"] = 'sum by (error) (rate(metadata_worker_items_total[5m]))'
-        problems = check_dashboard(json.dumps(dash))
+        problems = problems_with_first_expr('sum by (error) (rate(metadata_worker_items_total[5m]))')
         self.assertEqual(len(problems), 1, problems)
         self.assertIn("'error'", problems[0])
 
     def test_bad_promql_fails(self):
-        dash = json.loads(read())
-        target = next(p for p in dash["panels"] if p["type"] != "row")["targets"][0]
-        target["expr"] = 'sum by (outcome (rate(metadata_worker_items_total[5m]))'
-        problems = check_dashboard(json.dumps(dash))
+        problems = problems_with_first_expr('sum by (outcome (rate(metadata_worker_items_total[5m]))')
         self.assertTrue(any("promtool" in p for p in problems), problems)
 
     def test_structure_errors_fail(self):
